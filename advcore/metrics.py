@@ -1,0 +1,80 @@
+"""Metric logging: JSON lines in the workdir, optional TensorBoard.
+
+One line per ``write`` call: ``{"step": int, "time": float, <name>: value, ...}``.
+Only process 0 writes, so multi-host runs log once. TensorBoard goes through
+``tensorboardX`` (no TensorFlow) and is used only when it is installed and
+asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Iterator, Mapping, Optional
+
+import jax
+import numpy as np
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        value = np.asarray(value)
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
+
+
+class MetricWriter:
+    """Appends scalar metrics to ``<workdir>/metrics.jsonl``."""
+
+    def __init__(
+        self,
+        workdir: str,
+        filename: str = "metrics.jsonl",
+        tensorboard: bool = False,
+        enabled: Optional[bool] = None,
+    ):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, filename)
+        self._tb = None
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as err:  # pragma: no cover - optional dependency
+                raise ImportError(
+                    "tensorboard=True needs `pip install tensorboardX`"
+                ) from err
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": time.time()}
+        for name, value in metrics.items():
+            value = _to_python(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)  # JSON has no NaN/Inf literal
+            record[name] = value
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for name, value in record.items():
+                if name not in ("step", "time") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str) -> Iterator[dict]:
+    """Yields the records of a ``metrics.jsonl`` file."""
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                yield json.loads(line)

@@ -1,0 +1,115 @@
+"""Result tables in the papers' formats (markdown and JSON) and LADDER's Avg. Rank.
+
+A table is ``rows: dict[row_name, dict[column, float | None]]``; ``None`` is the
+papers' "−" (e.g. a defence is not scored on the attack it was trained on).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping, Optional, Sequence
+
+Table = Mapping[str, Mapping[str, Optional[float]]]
+
+
+def column_ranks(table: Table, column: str) -> dict[str, float]:
+    """Ranks the rows that have a value in ``column`` (1 = highest accuracy).
+
+    Ties share the mean of the ranks they span ("fractional" ranking); the
+    LADDER paper leaves ties unspecified, and this is the neutral choice.
+    """
+    values = [
+        (row, cells[column])
+        for row, cells in table.items()
+        if cells.get(column) is not None
+    ]
+    ordered = sorted(values, key=lambda rv: -rv[1])
+    ranks: dict[str, float] = {}
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1][1] == ordered[i][1]:
+            j += 1
+        shared = (i + 1 + j + 1) / 2.0
+        for k in range(i, j + 1):
+            ranks[ordered[k][0]] = shared
+        i = j + 1
+    return ranks
+
+
+def avg_rank(table: Table, columns: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """LADDER's Avg. Rank (SPEC 4.6).
+
+    For every column (Clean plus each attack) all rows, the vanilla model
+    included, are ranked by accuracy; rows with "−" in a column are left out
+    of that column. A row's Avg. Rank is the mean of its ranks over the
+    columns where it has a value. Lower is better.
+    """
+    if columns is None:
+        columns = []
+        for cells in table.values():
+            for c in cells:
+                if c not in columns:
+                    columns.append(c)
+    per_row: dict[str, list[float]] = {row: [] for row in table}
+    for column in columns:
+        for row, rank in column_ranks(table, column).items():
+            per_row[row].append(rank)
+    return {
+        row: (sum(r) / len(r) if r else float("nan")) for row, r in per_row.items()
+    }
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+    if value is None:
+        return "−"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(
+    table: Table,
+    columns: Optional[Sequence[str]] = None,
+    row_header: str = "model",
+    digits: int = 2,
+    with_avg_rank: bool = False,
+) -> str:
+    """Renders ``table`` as a GitHub markdown table, optionally with Avg. Rank."""
+    if columns is None:
+        columns = []
+        for cells in table.values():
+            for c in cells:
+                if c not in columns:
+                    columns.append(c)
+    ranks = avg_rank(table, columns) if with_avg_rank else {}
+    header = [row_header, *columns] + (["Avg. Rank"] if with_avg_rank else [])
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for row, cells in table.items():
+        entries = [row] + [_fmt(cells.get(c), digits) for c in columns]
+        if with_avg_rank:
+            entries.append(_fmt(ranks[row], 2))
+        lines.append("| " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def write_table(
+    path_prefix: str,
+    table: Table,
+    columns: Optional[Sequence[str]] = None,
+    title: str = "",
+    with_avg_rank: bool = False,
+    **markdown_kwargs,
+) -> None:
+    """Writes ``<prefix>.md`` and ``<prefix>.json`` for one table."""
+    md = markdown_table(table, columns, with_avg_rank=with_avg_rank, **markdown_kwargs)
+    with open(path_prefix + ".md", "w") as f:
+        if title:
+            f.write(f"## {title}\n\n")
+        f.write(md + "\n")
+    payload = {"title": title, "rows": {k: dict(v) for k, v in table.items()}}
+    if with_avg_rank:
+        payload["avg_rank"] = avg_rank(table, columns)
+    with open(path_prefix + ".json", "w") as f:
+        json.dump(payload, f, indent=2)
