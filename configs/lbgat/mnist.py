@@ -1,0 +1,54 @@
+"""MNIST family: TRADES' SmallCNN for both models, TRADES' MNIST attack.
+
+ε = 0.3, step 0.01, 40 steps (TRADES `train_trades_mnist.py`), SGD lr 0.01,
+momentum 0.9, no weight decay, ×0.1 after epochs 55, 75 and 90, 100 epochs.
+Evaluation: PGD-40 (ε 0.3, step 0.01).
+
+``:demo`` is README command 1's quick run (a 4k-example subset, fewer PGD
+steps); it combines with a method token, e.g. ``:demo,trades,alpha6``.
+"""
+
+import ml_collections
+
+from configs.lbgat import common
+
+
+def mnist_base(name: str = "mnist", eps: float = 0.3) -> ml_collections.ConfigDict:
+    c = common.base_config()
+    c.dataset.name = name
+    c.model.robust = ml_collections.ConfigDict({"name": "small_cnn", "kwargs": {}})
+    c.model.natural = ml_collections.ConfigDict({"name": "small_cnn", "kwargs": {}})
+    c.attack.eps = eps
+    c.attack.step_size = 0.01
+    c.attack.num_steps = 40
+    c.optim.lr = 0.01
+    c.optim.weight_decay = 0.0
+    c.optim.warmup_epochs = 0
+    c.optim.decay_epochs = (55, 75, 90)
+    c.eval.attacks = "pgd40"
+    c.eval.eps = eps
+    c.eval.step_size = 0.01
+    return c
+
+
+def apply_demo(c: ml_collections.ConfigDict) -> None:
+    """A few minutes on 2 CPU cores; the numbers are indicative only."""
+    c.dataset.train_limit = 4096
+    c.num_epochs = 4
+    c.optim.lr = 0.05
+    c.optim.decay_epochs = (3,)
+    c.attack.num_steps = 10
+    c.attack.step_size = 0.04
+    c.eval.num_examples = 1000
+    c.eval.attacks = "pgd20"
+    c.eval.step_size = 0.02
+    c.log_every_steps = 8
+
+
+def get_config(arg=None):
+    c = mnist_base()
+    tokens = [t for t in (arg or "").split(",") if t]
+    if "demo" in tokens:
+        tokens.remove("demo")
+        apply_demo(c)
+    return common.apply_variant(c, ",".join(tokens))

@@ -1,0 +1,74 @@
+"""Avg. Rank against the LADDER paper's printed values; the PyTorch-style SGD and LR schedule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from advcore import optim, tables
+
+# LADDER Table 1 (SVHN), columns Clean, FGSM, JSMA, PGD, CW, Song, AA.
+SVHN = {
+    "Vanilla": [93.85, 25, 34.04, 17.16, 86.78, 99.42, 54.62],
+    "FGSM Adv": [88.66, None, 37.49, 20.62, 83.07, 97.51, 66.36],
+    "JSMA Adv": [91.04, 28.4, None, 19.6, 86.22, 98.69, 61.8],
+    "PGD Adv": [87.75, 34.2, 42.18, None, 85.96, 96.69, 73.18],
+    "CW Adv": [91.11, 23.6, 37.64, 18.11, None, 98.16, 63.42],
+    "Song Adv": [93.53, 28, 33.91, 17.18, 87.29, None, 56.27],
+    "cavRandom": [91.55, 24.8, 36.96, 14.78, 84.93, 98.72, 50.78],
+    "Random": [90.12, 21, 35.69, 16.42, 83.96, 98.33, 53.87],
+    "LADDER": [91.71, 26.8, 37.29, 16.82, 86.42, 98.96, 62],
+}
+SVHN_AVG_RANK = {"Vanilla": 4.00, "FGSM Adv": 4.83, "JSMA Adv": 3.83, "PGD Adv": 4.17,
+                 "CW Adv": 4.33, "Song Adv": 4.00, "cavRandom": 5.86, "Random": 6.86,
+                 "LADDER": 3.71}
+COLUMNS = ["Clean", "FGSM", "JSMA", "PGD", "CW", "Song", "AA"]
+
+
+def test_avg_rank_reproduces_ladder_table1():
+    table = {row: dict(zip(COLUMNS, vals)) for row, vals in SVHN.items()}
+    ranks = tables.avg_rank(table, COLUMNS)
+    for row, expected in SVHN_AVG_RANK.items():
+        assert round(ranks[row], 2) == expected, row
+
+
+def test_ties_share_the_mean_rank_and_dashes_are_skipped():
+    table = {"a": {"x": 1.0, "y": None}, "b": {"x": 1.0, "y": 5.0}, "c": {"x": 0.5, "y": 6.0}}
+    assert tables.column_ranks(table, "x") == {"a": 1.5, "b": 1.5, "c": 3.0}
+    assert tables.avg_rank(table) == {"a": 1.5, "b": (1.5 + 2) / 2, "c": 2.0}
+    md = tables.markdown_table(table, with_avg_rank=True)
+    assert "| a | 1.00 | − | 1.50 |" in md
+
+
+def test_lbgat_schedule_matches_the_official_code():
+    # steps_per_epoch=10: epoch 1 warm-up 0.02, 2-75 0.1, 76-90 0.01, 91-100 0.001.
+    s = optim.epoch_piecewise_schedule(0.1, 10, (75, 90), 0.1, 1, 0.02)
+    for epoch, lr in [(1, 0.02), (2, 0.1), (75, 0.1), (76, 0.01), (90, 0.01),
+                      (91, 0.001), (100, 0.001)]:
+        for step in ((epoch - 1) * 10, epoch * 10 - 1):
+            np.testing.assert_allclose(float(s(step)), lr, rtol=1e-6, err_msg=f"epoch {epoch}")
+
+
+def test_torch_sgd_equals_the_pytorch_update_rule():
+    # PyTorch: g <- g + wd*p; buf <- m*buf + g; p <- p - lr*buf.
+    lr, m, wd = 0.1, 0.9, 2e-4
+    tx = optim.torch_sgd(lr, m, wd)
+    p = jnp.array([1.0, -2.0, 3.0])
+    state = tx.init(p)
+    ref_p, buf = np.array([1.0, -2.0, 3.0]), np.zeros(3)
+    for g in (jnp.array([0.5, 0.1, -0.3]), jnp.array([-0.2, 0.4, 0.0])):
+        updates, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+        gg = np.asarray(g) + wd * ref_p
+        buf = m * buf + gg
+        ref_p = ref_p - lr * buf
+    np.testing.assert_allclose(np.asarray(p), ref_p, rtol=1e-6)
+
+
+def test_bad_optimizer_arguments_name_the_field():
+    import pytest
+
+    with pytest.raises(ValueError, match="momentum"):
+        optim.torch_sgd(0.1, momentum=1.5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        optim.epoch_piecewise_schedule(0.1, 0)
