@@ -1,0 +1,293 @@
+"""Attention SVMs for ordered class pairs (LADDER Eq. 2; code ``svm_atten.py``).
+
+One SVM per ordered pair (source y, target t) separates latents of class y
+(label -1) from latents of class t (label +1):
+
+    a = tanh(W_a z + b_a)            # the code's 1x1 conv dim->dim, with bias
+    s = softmax(a)                   # over the dim features
+    beta = exp(s)   (attention_exp=True, the authors' code; SPEC 3.4)
+    beta = s        (attention_exp=False, the paper's Eq. 2)
+    h = w . (z * beta) + b
+
+Loss per SGD step (SPEC 3.4): ``c * mean(hinge(1 - y h)) + mean(w ** 2)``; the
+L2 term is the mean over coordinates of the fc weight only. Plain SGD, no
+momentum, reshuffled every epoch, PyTorch default initialisation.
+
+The boundary normal used by LADDER is ``d = w``: with the target as the
+positive class it points from the source y toward the target t.
+
+All pairs are trained at once: ``train_pairs`` is one jitted ``vmap`` of the
+single-pair trainer over the pair axis. Every pair draws from its own key,
+so the result for a pair does not depend on which other pairs are trained
+alongside it (``tests/ladder/test_attention_svm.py`` checks this).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class SVMParams(NamedTuple):
+    """Parameters of one attention SVM (or, stacked, of many)."""
+
+    att_w: jax.Array  # (dim_out, dim_in), the 1x1 conv kernel
+    att_b: jax.Array  # (dim,)
+    w: jax.Array  # (dim,), the fc weight: the boundary normal d
+    b: jax.Array  # (), the fc bias
+
+
+def init_svm_params(key: jax.Array, dim: int) -> SVMParams:
+    """PyTorch default init: every weight and bias ~ U(+-1/sqrt(fan_in)).
+
+    Both the 1x1 conv (fan_in = dim) and the Linear(dim -> 1) have
+    fan_in = dim, so all four tensors share the bound.
+    """
+    bound = 1.0 / math.sqrt(dim)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    uni = functools.partial(jax.random.uniform, minval=-bound, maxval=bound)
+    return SVMParams(
+        att_w=uni(k1, (dim, dim)),
+        att_b=uni(k2, (dim,)),
+        w=uni(k3, (dim,)),
+        b=uni(k4, ()),
+    )
+
+
+def attention(params: SVMParams, z: jax.Array, use_exp: bool = True) -> jax.Array:
+    """The attention weights beta for latents ``z`` of shape (..., dim)."""
+    a = jnp.tanh(z @ params.att_w.T + params.att_b)
+    s = jax.nn.softmax(a, axis=-1)
+    # The authors' code applies an extra exp, so beta ~ 1 + O(1/dim); the
+    # paper's beta sums to 1. SPEC 3.4: reproduce the code by default.
+    return jnp.exp(s) if use_exp else s
+
+
+def svm_score(params: SVMParams, z: jax.Array, use_exp: bool = True) -> jax.Array:
+    """The SVM score h(z) = w . (z * beta(z)) + b, shape (...,)."""
+    beta = attention(params, z, use_exp)
+    return (z * beta) @ params.w + params.b
+
+
+def svm_loss(
+    params: SVMParams,
+    z: jax.Array,
+    y: jax.Array,
+    mask: jax.Array,
+    c: float,
+    use_exp: bool = True,
+) -> jax.Array:
+    """``c * mean_b hinge + mean_j w_j**2`` over the unmasked rows of a batch.
+
+    ``y`` is +-1; ``mask`` (0/1) marks real rows, so a smaller last batch of an
+    epoch (PyTorch's DataLoader keeps it) averages over its real rows only.
+    """
+    h = svm_score(params, z, use_exp)
+    hinge = jnp.maximum(0.0, 1.0 - y * h)
+    mean_hinge = jnp.sum(hinge * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return c * mean_hinge + jnp.mean(params.w**2)
+
+
+def train_svm(
+    key: jax.Array,
+    z: jax.Array,
+    y: jax.Array,
+    *,
+    c: float,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    use_exp: bool,
+) -> SVMParams:
+    """Trains one attention SVM with plain SGD (pure; jit/vmap-able).
+
+    Args:
+      key: initialisation and shuffling key.
+      z: (n, dim) training latents.
+      y: (n,) labels in {-1, +1}.
+      c, lr, epochs, batch_size: SPEC 3.4 (0.01, 0.01, 10, 1).
+      use_exp: the code's extra exp on the attention.
+    """
+    n, dim = z.shape
+    steps = -(-n // batch_size)  # ceil: the last, smaller batch is kept
+    k_init, k_shuffle = jax.random.split(key)
+    params = init_svm_params(k_init, dim)
+    grad_fn = jax.grad(svm_loss)
+
+    def epoch_body(params, epoch_key):
+        perm = jax.random.permutation(epoch_key, n)
+        pad = steps * batch_size - n
+        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+        valid = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))])
+        idx = idx.reshape(steps, batch_size)
+        valid = valid.reshape(steps, batch_size)
+
+        def step_body(params, batch):
+            bidx, bmask = batch
+            g = grad_fn(params, z[bidx], y[bidx], bmask, c, use_exp)
+            return jax.tree.map(lambda p, gp: p - lr * gp, params, g), None
+
+        params, _ = jax.lax.scan(step_body, params, (idx, valid))
+        return params, None
+
+    epoch_keys = jax.random.split(k_shuffle, epochs)
+    params, _ = jax.lax.scan(epoch_body, params, epoch_keys)
+    return params
+
+
+def split_sizes(n_per_class: int, test_size: float) -> tuple[int, int]:
+    """(train, held-out) rows per class of a stratified split of 2 equal classes.
+
+    sklearn's ``train_test_split(test_size=0.33, stratify=y)`` on 200 + 200
+    samples holds out ceil(0.33 * 400) = 132 rows, 66 per class, leaving the
+    268 fitted samples of SPEC 3.3.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    n_test_total = math.ceil(test_size * 2 * n_per_class)
+    n_test = n_test_total // 2
+    n_train = n_per_class - n_test
+    if n_train < 1 or n_test < 1:
+        raise ValueError(
+            f"samples_per_class={n_per_class} is too small for test_size="
+            f"{test_size}: need at least one train and one held-out row per class"
+        )
+    return n_train, n_test
+
+
+class PairResult(NamedTuple):
+    params: SVMParams
+    train_acc: jax.Array
+    heldout_acc: jax.Array
+
+
+def train_pair(
+    key: jax.Array,
+    z_src: jax.Array,
+    z_tgt: jax.Array,
+    *,
+    test_size: float,
+    c: float,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    use_exp: bool,
+) -> PairResult:
+    """Stratified split, SVM training and accuracy for one ordered pair.
+
+    ``z_src`` (source, label -1) and ``z_tgt`` (target, label +1) hold the
+    same number n of latents each.
+    """
+    n = z_src.shape[0]
+    n_train, _ = split_sizes(n, test_size)
+    k_split_s, k_split_t, k_train = jax.random.split(key, 3)
+    perm_s = jax.random.permutation(k_split_s, n)
+    perm_t = jax.random.permutation(k_split_t, n)
+    z_tr = jnp.concatenate([z_src[perm_s[:n_train]], z_tgt[perm_t[:n_train]]])
+    z_te = jnp.concatenate([z_src[perm_s[n_train:]], z_tgt[perm_t[n_train:]]])
+    n_test = n - n_train
+    y_tr = jnp.concatenate([-jnp.ones((n_train,)), jnp.ones((n_train,))])
+    y_te = jnp.concatenate([-jnp.ones((n_test,)), jnp.ones((n_test,))])
+    params = train_svm(
+        k_train, z_tr, y_tr, c=c, lr=lr, epochs=epochs,
+        batch_size=batch_size, use_exp=use_exp,
+    )
+
+    def accuracy(zz, yy):
+        # SPEC 3.4: h > 0 predicts the target (+1).
+        pred = jnp.where(svm_score(params, zz, use_exp) > 0, 1.0, -1.0)
+        return jnp.mean(pred == yy)
+
+    return PairResult(params, accuracy(z_tr, y_tr), accuracy(z_te, y_te))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("test_size", "c", "lr", "epochs", "batch_size", "use_exp"),
+)
+def train_pairs(
+    keys: jax.Array,
+    class_latents: jax.Array,
+    pairs: jax.Array,
+    *,
+    test_size: float,
+    c: float,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    use_exp: bool,
+) -> PairResult:
+    """Trains the SVMs of many ordered pairs at once (one jitted vmap).
+
+    Args:
+      keys: (P, 2) one key per pair.
+      class_latents: (K, n, dim) the first n latents of every class.
+      pairs: (P, 2) int rows (source, target).
+    Returns:
+      A ``PairResult`` whose leaves have a leading pair axis P.
+    """
+
+    def one(key, pair):
+        return train_pair(
+            key, class_latents[pair[0]], class_latents[pair[1]],
+            test_size=test_size, c=c, lr=lr, epochs=epochs,
+            batch_size=batch_size, use_exp=use_exp,
+        )
+
+    return jax.vmap(one)(keys, pairs)
+
+
+def ordered_pairs(num_classes: int) -> np.ndarray:
+    """All ordered pairs (y, t), y != t, in lexicographic order: (P, 2) int32."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return np.asarray(
+        [(y, t) for y in range(num_classes) for t in range(num_classes) if y != t],
+        dtype=np.int32,
+    )
+
+
+def pair_index_table(pairs: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) table mapping (source, target) to the row of ``pairs`` (-1 if absent)."""
+    table = -np.ones((num_classes, num_classes), dtype=np.int32)
+    for i, (y, t) in enumerate(np.asarray(pairs)):
+        table[int(y), int(t)] = i
+    return table
+
+
+def apply_legacy_unordered_cache(params: SVMParams, pairs: np.ndarray) -> SVMParams:
+    """Reproduces the authors' unordered-pair cache bug (SPEC 3.3, 6.3 bug 2).
+
+    The code saves the attention SVM weights under the *unordered* pair
+    ``{min, max}`` while the direction (w) is cached per ordered pair, so the
+    later-trained of (a, b) and (b, a) overwrites the attention used by both.
+    Here pairs are trained in lexicographic order, so (max, min) is the later
+    one: both ordered pairs get the attention (att_w, att_b) of (max, min),
+    while each keeps its own normal w and bias b.
+    """
+    pairs = np.asarray(pairs)
+    num_classes = int(pairs.max()) + 1
+    table = pair_index_table(pairs, num_classes)
+    src = np.arange(len(pairs))
+    for i, (y, t) in enumerate(pairs):
+        j = table[max(y, t), min(y, t)]
+        if j >= 0:
+            src[i] = j
+    return params._replace(
+        att_w=np.asarray(params.att_w)[src], att_b=np.asarray(params.att_b)[src]
+    )
+
+
+def pair_keys(key: jax.Array, pairs: np.ndarray, num_classes: int) -> jax.Array:
+    """One key per ordered pair, derived from the pair itself.
+
+    Folding in ``y * K + t`` makes each pair's key independent of which pairs
+    are trained together (or in which chunk).
+    """
+    ids = np.asarray(pairs[:, 0]) * num_classes + np.asarray(pairs[:, 1])
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
