@@ -1,0 +1,86 @@
+"""Cache directory, checksums and atomic .npz writes shared by the local sources."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import tempfile
+import zipfile
+from typing import Mapping
+
+import numpy as np
+
+from advcore.data.info import DataIntegrityError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ADVCORE_CACHE_DIR"
+
+
+def cache_dir() -> pathlib.Path:
+    """`$ADVCORE_CACHE_DIR`, default `~/.cache/advcore` (not created here)."""
+    env = os.environ.get(CACHE_ENV)
+    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "advcore"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(data: bytes, expected: str, what: str) -> None:
+    """Raises `DataIntegrityError` unless sha256(data) == expected."""
+    got = sha256_bytes(data)
+    if got != expected:
+        raise DataIntegrityError(
+            f"{what} has sha256 {got}, expected the pinned {expected}; "
+            f"refusing to use it (delete it and fetch it again)")
+
+
+def save_npz_atomic(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Writes `arrays` to `path` atomically (tmp file + rename).
+
+    Concurrent writers (parallel test runs, several processes of one job) each
+    write their own temp file and the last rename wins, so readers never see a
+    half-written file. Returns False (and logs) if the directory is not
+    writable: a cache is an optimisation, never a reason to fail.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        log.warning("not caching %s: %s", path, e)
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # Uncompressed: loads at disk speed, and uint8 images are small.
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        log.warning("not caching %s: %s", path, e)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_npz(path: pathlib.Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Loads `keys` from a cache file, or None if missing/corrupt (then rebuild)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        log.warning("ignoring unreadable cache file %s: %s", path, e)
+        return None
