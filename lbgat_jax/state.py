@@ -74,14 +74,17 @@ def _model_vars(variables: dict) -> ModelVars:
 
 def build_models(config, spec: MethodSpec, num_classes: int) -> Models:
     """Builds the Flax modules named in ``config.model``."""
-    robust_kwargs = dict(config.model.robust.kwargs)
+    # bf16 mode: bf16 compute, fp32 params and BN statistics (the models' dtype).
+    precision = {"dtype": "bfloat16"} if config.precision == "bfloat16" else {}
+    robust_kwargs = {**dict(config.model.robust.kwargs), **precision}
     if config.shared_conv_separate_bn:
         robust_kwargs["num_bn_sets"] = 2
     robust = build_model(config.model.robust.name, num_classes, **robust_kwargs)
     natural = None
     if spec.teacher == "learnable" and not config.shared_conv_separate_bn:
         natural = build_model(
-            config.model.natural.name, num_classes, **dict(config.model.natural.kwargs)
+            config.model.natural.name, num_classes,
+            **{**dict(config.model.natural.kwargs), **precision},
         )
     teachers = ()
     if spec.teacher == "frozen":

@@ -147,6 +147,11 @@ def _make_smoke(c: ml_collections.ConfigDict) -> None:
     if c.model.robust.name == "wrn":
         c.model.robust.kwargs.depth = 10
         c.model.robust.kwargs.widen_factor = 1
+    tiny_cnn = {"name": "small_cnn", "kwargs": {"channels": (4, 4, 8, 8), "hidden_dim": 16}}
+    if c.model.robust.name == "small_cnn":
+        c.model.robust = ml_collections.ConfigDict(tiny_cnn)
+    if c.model.natural.name == "small_cnn":
+        c.model.natural = ml_collections.ConfigDict(tiny_cnn)
     if c.model.natural.name in ("resnet18_lbgat", "resnet18", "wrn"):
         c.model.natural = ml_collections.ConfigDict(
             {"name": "wrn", "kwargs": {"depth": 10, "widen_factor": 1}}
