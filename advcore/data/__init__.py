@@ -21,6 +21,7 @@ from advcore.data.info import (
     get_dataset_info,
 )
 from advcore.data.loading import SOURCES, load_split
+from advcore.data.offline_tfds import prepare_offline_tfds
 from advcore.data.pipeline import (
     crop_flip,
     eval_batches,
@@ -41,5 +42,6 @@ __all__ = [
     "get_dataset_info",
     "load_split",
     "make_train_iterator",
+    "prepare_offline_tfds",
     "steps_per_epoch",
 ]

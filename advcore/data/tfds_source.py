@@ -55,8 +55,8 @@ def howto(tfds_name: str, data_dir: str | None) -> str:
 
 def is_prepared(tfds_name: str, data_dir: str | None) -> bool:
     """Whether `tfds_name` has generated files in `data_dir` (no network)."""
-    tfds = _tfds()
     try:
+        tfds = _tfds()
         return bool(tfds.builder(tfds_name, data_dir=data_dir).is_prepared())
     except Exception:  # noqa: BLE001 - any failure here means "not usable"
         return False

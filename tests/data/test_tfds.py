@@ -89,3 +89,26 @@ def test_tiny_imagenet_not_from_tfds(tmp_path):
     assert "tiny-imagenet-200.zip" in msg
     msg = _timed_error(name="tiny_imagenet", split="train", source="auto", data_dir=str(tmp_path))
     assert "tiny-imagenet-200" in msg
+
+
+def test_prepare_offline_tfds_matches_local(tmp_path, monkeypatch):
+    """The bridge writes the official layout that the registered builder reads."""
+    from advcore.data import offline_tfds
+
+    try:
+        local_test = data.load_split("mnist", "test", source="local")
+    except data.DatasetUnavailableError as e:
+        pytest.skip(f"MNIST offline source absent: {e}")
+    with pytest.raises(ValueError, match="name"):
+        offline_tfds.prepare_offline_tfds("cifar10", tmp_path)
+    offline_tfds.prepare_offline_tfds("mnist", tmp_path)
+    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    assert builder.is_prepared() and str(builder.version) == "3.0.1"
+    assert builder.info.splits["train"].num_examples == 60000
+    via_tfds = data.load_split("mnist", "test", source="tfds", data_dir=str(tmp_path))
+    assert not np.array_equal(via_tfds.labels, local_test.labels)  # tfds reorders...
+    assert offline_tfds.example_multiset(via_tfds.images, via_tfds.labels) == \
+        offline_tfds.example_multiset(local_test.images, local_test.labels)  # ...same examples
+    # 'auto' now prefers the prepared tfds copy.
+    auto = data.load_split("mnist", "test[:5]", source="auto", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(auto.labels, via_tfds.labels[:5])
