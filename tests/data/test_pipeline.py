@@ -175,6 +175,7 @@ def test_orbax_checkpoint_roundtrip(tmp_path):
         mngr.wait_until_finished()
         expected = _take(it, 4)
         fresh = data.make_train_iterator(ds, **kw)
-        mngr.restore(3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+        restore = grain.checkpoint.CheckpointRestore(fresh)
+        mngr.restore(3, args=ocp.args.Composite(data_iter=restore))
     for a, b in zip(_take(fresh, 4), expected):
         np.testing.assert_array_equal(a["image"], b["image"])
