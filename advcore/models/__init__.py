@@ -20,7 +20,14 @@ Registry names and the keyword arguments each accepts (besides ``num_classes``):
 ``resnet18``        base_width (64), dtype  -- kuangliu, strides 1,2,2,2, pool 4
 ``cifar_resnet18``  base_width (64), dtype  -- LADDER CifarNet (= ``resnet18``)
 ``small_cnn``       channels ((32,32,64,64)), hidden_dim (200), dropout_rate (0.5), dtype
+``lenet``           normalize (True), dtype  -- LADDER MNIST LeNet
+``vgg8_svhn``       dropout_rate (0.5), width_multiplier (1.0), dtype
+``vgg11bn_celeba``  dropout_rate (0.5), normalize (True), width_multiplier (1.0),
+                    dtype; num_classes 1 (single logit) or 2 ([0, z] view)
 ==================  =========================================================
+
+Native input sizes: 32x32x3 (wrn, resnets, vgg8_svhn), 28x28x1 (small_cnn,
+lenet), 128x128x3 (vgg11bn_celeba).
 
 ``dtype`` is the compute dtype ('float32' default, 'bfloat16', 'float16'; a
 string or a dtype); parameters and BatchNorm statistics are always float32.
@@ -38,14 +45,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from advcore.models import layers
+from advcore.models.lenet import LeNet
 from advcore.models.resnet import ResNet18
 from advcore.models.small_cnn import SmallCNN
+from advcore.models.vgg import VGG8SVHN, VGG11BNCelebA
 from advcore.models.wide_resnet import WideResNet
 
 __all__ = [
     "MODEL_NAMES",
+    "NATIVE_INPUT_SHAPES",
+    "LeNet",
     "ResNet18",
     "SmallCNN",
+    "VGG11BNCelebA",
+    "VGG8SVHN",
     "WideResNet",
     "build_model",
     "count_params",
@@ -84,6 +97,24 @@ _REGISTRY: dict[str, _Entry] = {
         ResNet18, {"strides": (1, 2, 2, 2), "pool_size": 4}, ("base_width", "dtype")
     ),
     "small_cnn": _Entry(SmallCNN, {}, ("channels", "hidden_dim", "dropout_rate", "dtype")),
+    "lenet": _Entry(LeNet, {}, ("normalize", "dtype")),
+    "vgg8_svhn": _Entry(VGG8SVHN, {}, ("dropout_rate", "width_multiplier", "dtype")),
+    "vgg11bn_celeba": _Entry(
+        VGG11BNCelebA, {}, ("dropout_rate", "normalize", "width_multiplier", "dtype"),
+        min_classes=1,
+    ),
+}
+
+# The input each registry model was designed for (H, W, C).
+NATIVE_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "wrn": (32, 32, 3),
+    "resnet18_lbgat": (32, 32, 3),
+    "resnet18": (32, 32, 3),
+    "cifar_resnet18": (32, 32, 3),
+    "small_cnn": (28, 28, 1),
+    "lenet": (28, 28, 1),
+    "vgg8_svhn": (32, 32, 3),
+    "vgg11bn_celeba": (128, 128, 3),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
