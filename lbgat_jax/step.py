@@ -189,6 +189,10 @@ def make_step_fn(
             metrics["train/natural_acc"] = jnp.mean(
                 jnp.argmax(aux["teacher_logits"], axis=-1) == y)
         metrics["grad_norm"] = optax.global_norm(grads)
+        # A finite loss can still come with an overflowing update; the loop
+        # refuses to checkpoint a state whose parameters are not all finite.
+        metrics["params_finite"] = jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))
         return new_state, metrics
 
     return step_fn

@@ -78,10 +78,12 @@ def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
     fetched = []
     for step, metrics in pending:
         host = jax.tree.map(lambda a: np.asarray(a).item(), metrics)
-        if not math.isfinite(host["loss"]):
+        if not math.isfinite(host["loss"]) or not host.get("params_finite", True):
+            what = (f"loss became {host['loss']}" if not math.isfinite(host["loss"])
+                    else "parameters became non-finite")
             raise NonFiniteLossError(
-                f"loss became {host['loss']} at step {step}; training stopped and "
-                "the last good checkpoint was kept (try a lower optim.lr)"
+                f"{what} at step {step}; training stopped and the last good "
+                "checkpoint was kept (try a lower optim.lr)"
             )
         fetched.append((step, host))
     return fetched
@@ -187,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             elapsed = time.time() - step_time
             step_time = time.time()
             last_step, last = fetched[-1]
-            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in last}
+            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in last
+                    if k != "params_finite"}
             mean["epoch"] = last_step / steps_per_epoch
             mean["images_per_sec"] = len(fetched) * config.batch_size / max(elapsed, 1e-9)
             writer.write(last_step, mean)
