@@ -53,10 +53,11 @@ class WRNBlock(nn.Module):
             f, k, s, p, use_bias=False, kernel_init=layers.he_normal_fan_out,
             dtype=self.dtype, name=name,
         )
+        bn = lambda name: layers.make_batch_norm(self.num_bn_sets, self.dtype, name)  # noqa: E731
         equal_in_out = x.shape[-1] == self.out_features
-        a = nn.relu(layers.make_batch_norm(self.num_bn_sets, self.dtype, "bn1")(x, train, bn_set))
+        a = nn.relu(bn("bn1")(x, train, bn_set))
         out = conv(self.out_features, 3, self.stride, 1, "conv1")(a)
-        out = nn.relu(layers.make_batch_norm(self.num_bn_sets, self.dtype, "bn2")(out, train, bn_set))
+        out = nn.relu(bn("bn2")(out, train, bn_set))
         if self.dropout_rate > 0:
             out = nn.Dropout(self.dropout_rate, deterministic=not train)(out)
         out = conv(self.out_features, 3, 1, 1, "conv2")(out)
