@@ -1,0 +1,500 @@
+"""Auto-PGD (APGD) and targeted APGD (APGD-T), JAX-native (SPEC 4.5).
+
+Reference: F. Croce and M. Hein, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks", ICML 2020
+(arXiv:2003.01690); semantics follow ``fra31/auto-attack``
+``autoattack/autopgd_base.py`` (``APGDAttack`` / ``APGDAttack_targeted``) for
+the L-inf and L2 threat models.
+
+Algorithm per run (defaults: 100 iterations, rho 0.75, eta_0 = 2 eps):
+
+* start ``x0 = clip(x + eps * u / ||u||)`` (``u ~ U[-1, 1]`` for L-inf,
+  ``N(0, 1)`` for L2), clipped to [0, 1];
+* ``z = P(x_k + eta * dir(g_k))``, ``x_{k+1} = P(x_k + a (z - x_k) + (1 - a)
+  (x_k - x_{k-1}))`` with ``a = 1`` at ``k = 0`` and 0.75 afterwards; ``P``
+  projects onto the eps-ball, then clips to [0, 1];
+* per-point best loss, best point ``x_max`` and its gradient are tracked;
+* at the checkpoints of :func:`apgd_checkpoints` the step size of a point is
+  halved and the point restarts from ``x_max`` (with its gradient) when (i)
+  the loss increased in at most ``rho`` of the window's steps or (ii) the step
+  was not halved at the previous checkpoint and the best loss did not improve
+  since then;
+* the returned point is the *last misclassified iterate* (upstream
+  ``x_best_adv``); points never misclassified are returned unchanged (as
+  upstream's ``perturb``), or, with ``best_loss=True``, the highest-loss point.
+
+JAX form: every run is one ``lax.fori_loop`` over fixed-shape arrays with
+per-example ``jnp.where`` updates; points that upstream would not attack
+(``active`` False, clean-misclassified, or already broken by an earlier
+restart / target) are computed but discarded, so shapes never change and the
+whole attack is jit-able. Restart and target loops are ``lax.while_loop`` s
+that stop as soon as no point is left to attack.
+
+Upstream quirks kept on purpose: the first checkpoint's oscillation count
+wraps one comparison to the unfilled (zero) last entry of the loss history;
+after a restart from ``x_max`` the momentum term uses the pre-restart
+iterate as ``x_{k-1}``; the returned adversarial point is the last
+misclassified iterate, not the best-loss one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advcore.attacks import _validation as val
+from advcore.attacks import losses
+
+__all__ = ["apgd", "apgd_checkpoints", "apgd_targeted"]
+
+LogitsFn = Callable[..., jax.Array]
+
+NORMS = ("linf", "l2")
+UNTARGETED_LOSSES = ("ce", "dlr")
+TARGETED_LOSSES = ("dlr_targeted", "ce_targeted")
+
+# Upstream's normalisation guard for the random start and the L2 step.
+_TINY = 1e-12
+
+
+# --------------------------------------------------------------------------
+# Small shared helpers (also used by fab.py / square.py / autoattack.py).
+# --------------------------------------------------------------------------
+
+
+def canonical_norm(norm: str) -> str:
+    """Accepts ``"linf"``/``"Linf"``/``"l2"``/``"L2"``; returns the lower-case name."""
+    if not isinstance(norm, str) or norm.lower() not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm.lower()
+
+
+def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshapes a per-example ``(B,)`` vector to broadcast against ``x``."""
+    return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
+
+
+def flat_norm(v: jax.Array, norm: str) -> jax.Array:
+    """Per-example L-inf or L2 norm over all non-batch axes, shape ``(B,)``."""
+    axes = tuple(range(1, v.ndim))
+    if norm == "linf":
+        return jnp.max(jnp.abs(v), axis=axes)
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
+
+
+def as_active(active: Optional[jax.Array], batch: int) -> jax.Array:
+    """The per-example attack mask (all True when ``active`` is None)."""
+    if active is None:
+        return jnp.ones((batch,), jnp.bool_)
+    active = jnp.asarray(active)
+    if active.shape != (batch,):
+        raise ValueError(f"active must have shape ({batch},), got {active.shape}")
+    return active.astype(jnp.bool_)
+
+
+def call_logits(logits_fn: LogitsFn, x: jax.Array, key: jax.Array, stochastic: bool) -> jax.Array:
+    """``logits_fn(x, key)`` for a randomised model, ``logits_fn(x)`` otherwise."""
+    return logits_fn(x, key) if stochastic else logits_fn(x)
+
+
+def check_common(x: jax.Array, y: jax.Array, eps: float) -> None:
+    """Shape and eps checks shared by every AutoAttack component."""
+    val.check_batch(x, y)
+    val.check_number("eps", eps, min_value=0.0)
+
+
+def _normalize(v: jax.Array, norm: str) -> jax.Array:
+    """``v / (||v|| + 1e-12)`` per example (upstream ``normalize``)."""
+    return v / bcast(flat_norm(v, norm) + _TINY, v)
+
+
+def _project(x_new: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
+    """Upstream's APGD projection: eps-ball first, then [0, 1].
+
+    L2 uses upstream's form ``x + normalize(d) * min(eps, ||d||)``.
+    """
+    if norm == "linf":
+        return jnp.clip(jnp.minimum(jnp.maximum(x_new, x - eps), x + eps), 0.0, 1.0)
+    d = x_new - x
+    scale = jnp.minimum(eps, flat_norm(d, "l2"))
+    return jnp.clip(x + _normalize(d, "l2") * bcast(scale, d), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------
+# Checkpoint schedule.
+# --------------------------------------------------------------------------
+
+
+def _schedule_params(num_iters: int) -> Tuple[int, int, int]:
+    """Upstream's (first window, minimum window, shrink) in iterations.
+
+    The same Python float expressions as upstream, so the integer rounding
+    (``int(0.22 * 100) == 22``) matches exactly.
+    """
+    first = max(int(0.22 * num_iters), 1)
+    minimum = max(int(0.06 * num_iters), 1)
+    shrink = max(int(0.03 * num_iters), 1)
+    return first, minimum, shrink
+
+
+def apgd_checkpoints(num_iters: int) -> list[int]:
+    """The APGD checkpoints as 1-based iteration counts (SPEC 4.5).
+
+    The first window is 22% of ``num_iters``; each next window is 3% shorter,
+    down to a minimum of 6%. For 100 iterations this gives
+    ``[22, 41, 57, 70, 80, 87, 93, 99]``: the step-size check runs right after
+    the 22nd, 41st, ... iteration.
+    """
+    val.check_int("num_iters", num_iters, min_value=1)
+    first, minimum, shrink = _schedule_params(num_iters)
+    out, count, window = [], first, first
+    while count <= num_iters:
+        out.append(count)
+        window = max(window - shrink, minimum)
+        count += window
+    return out
+
+
+def _checkpoint_tables(num_iters: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Static per-iteration tables: is iteration ``i`` (0-based) a checkpoint,
+    and the window length checked there."""
+    is_ckpt = np.zeros(num_iters, np.bool_)
+    window = np.ones(num_iters, np.int32)
+    first, minimum, shrink = _schedule_params(num_iters)
+    w = first
+    for c in apgd_checkpoints(num_iters):
+        is_ckpt[c - 1] = True
+        window[c - 1] = w
+        w = max(w - shrink, minimum)
+    return is_ckpt, window
+
+
+# --------------------------------------------------------------------------
+# Losses and their gradient (with EOT).
+# --------------------------------------------------------------------------
+
+
+def _loss_fn(loss: str) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """Per-example loss ``(logits, y, y_target) -> (B,)`` that APGD *ascends*."""
+    if loss == "ce":
+        return lambda z, y, t: losses.ce(z, y)
+    if loss == "dlr":
+        return lambda z, y, t: losses.dlr(z, y)
+    if loss == "dlr_targeted":
+        return lambda z, y, t: losses.targeted_dlr(z, y, t)
+    if loss == "ce_targeted":
+        # Upstream 'ce-targeted': -CE(z, t), ascended.
+        return lambda z, y, t: -losses.ce(z, t)
+    raise ValueError(f"loss must be one of {UNTARGETED_LOSSES + TARGETED_LOSSES}, got {loss!r}")
+
+
+def _make_loss_grad(
+    logits_fn: LogitsFn, loss: str, stochastic: bool, eot_iters: int
+) -> Callable[..., Tuple[jax.Array, jax.Array, jax.Array]]:
+    """``(x, y, t, key) -> (loss (B,), grad, logits)``; grad of the summed loss.
+
+    With EOT the gradient is averaged over ``eot_iters`` calls, each with its
+    own key; loss and logits are those of the last call (as upstream). A
+    deterministic ``logits_fn`` gives identical gradients on every call, so it
+    is called once (same result, ``eot_iters`` times cheaper).
+    """
+    per_example = _loss_fn(loss)
+
+    def objective(x_adv, y, t, key):
+        logits = call_logits(logits_fn, x_adv, key, stochastic)
+        value = per_example(logits, y, t)
+        return jnp.sum(value), (value, logits)
+
+    grad_fn = jax.grad(objective, has_aux=True)
+
+    def loss_grad(x_adv, y, t, key):
+        if not stochastic or eot_iters == 1:
+            g, (value, logits) = grad_fn(x_adv, y, t, key)
+            return value, g, logits
+
+        def eot_body(j, carry):
+            g_sum, _, _ = carry
+            g, (value, logits) = grad_fn(x_adv, y, t, jax.random.fold_in(key, j))
+            return g_sum + g, value, logits
+
+        g0, (v0, l0) = grad_fn(x_adv, y, t, jax.random.fold_in(key, 0))
+        g_sum, value, logits = jax.lax.fori_loop(1, eot_iters, eot_body, (g0, v0, l0))
+        return value, g_sum / eot_iters, logits
+
+    return loss_grad
+
+
+# --------------------------------------------------------------------------
+# One APGD run on the whole (fixed-shape) batch.
+# --------------------------------------------------------------------------
+
+
+def _single_run(
+    loss_grad: Callable, x: jax.Array, y: jax.Array, t: jax.Array, key: jax.Array, *,
+    eps: float, norm: str, num_iters: int, rho: float, unroll: int,
+) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Upstream ``attack_single_run`` for every point of the batch.
+
+    Returns ``(x_best, acc, loss_best, x_best_adv)``: the highest-loss point,
+    whether the point was never misclassified along the run, the highest
+    loss, and the last misclassified iterate (the start point if never).
+    """
+    k_init, k_loss = jax.random.split(key)
+    batch = x.shape[0]
+    if norm == "linf":
+        u = jax.random.uniform(k_init, x.shape, x.dtype, minval=-1.0, maxval=1.0)
+    else:
+        u = jax.random.normal(k_init, x.shape, x.dtype)
+    x_adv = jnp.clip(x + eps * _normalize(u, norm), 0.0, 1.0)
+
+    loss0, grad0, logits0 = loss_grad(x_adv, y, t, jax.random.fold_in(k_loss, 0))
+    acc0 = jnp.argmax(logits0, axis=-1) == y
+    step0 = jnp.full((batch,), 2.0 * eps, x.dtype)
+
+    is_ckpt_np, window_np = _checkpoint_tables(num_iters)
+    is_ckpt, window = jnp.asarray(is_ckpt_np), jnp.asarray(window_np)
+    hist_idx = jnp.arange(num_iters)
+
+    def body(i, c):
+        (x_adv, x_old, grad, x_best, grad_best, loss_best, x_best_adv, acc, step,
+         loss_steps, loss_best_last, reduced_last) = c
+        momentum = x_adv - x_old
+        x_old = x_adv
+        a = jnp.where(i > 0, 0.75, 1.0).astype(x.dtype)
+        if norm == "linf":
+            direction = jnp.sign(grad)
+        else:
+            direction = _normalize(grad, "l2")
+        z = _project(x_adv + bcast(step, x) * direction, x, eps, norm)
+        x_adv = _project(x_adv + (z - x_adv) * a + momentum * (1.0 - a), x, eps, norm)
+
+        value, grad, logits = loss_grad(x_adv, y, t, jax.random.fold_in(k_loss, i + 1))
+        pred_ok = jnp.argmax(logits, axis=-1) == y
+        acc = acc & pred_ok
+        x_best_adv = jnp.where(bcast(~pred_ok, x), x_adv, x_best_adv)
+
+        loss_steps = loss_steps.at[i].set(value)
+        improved = value > loss_best
+        x_best = jnp.where(bcast(improved, x), x_adv, x_best)
+        grad_best = jnp.where(bcast(improved, x), grad, grad_best)
+        loss_best = jnp.where(improved, value, loss_best)
+
+        # Checkpoint (a no-op mask off-checkpoint). Condition (i): count the
+        # loss increases over the last `k` steps; indices wrap like Python's
+        # negative indexing (the first checkpoint reads the unfilled last row).
+        ckpt = is_ckpt[i]
+        k = window[i]
+        cur = loss_steps[(i - hist_idx) % num_iters]
+        prev = loss_steps[(i - hist_idx - 1) % num_iters]
+        in_window = (hist_idx < k)[:, None]
+        n_incr = jnp.sum((cur > prev) & in_window, axis=0)
+        oscillating = n_incr <= k.astype(x.dtype) * rho
+        # Condition (ii): not halved last time and no improvement since.
+        stalled = (~reduced_last) & (loss_best_last >= loss_best)
+        reduce = ckpt & (oscillating | stalled)
+        reduced_last = jnp.where(ckpt, reduce, reduced_last)
+        loss_best_last = jnp.where(ckpt, loss_best, loss_best_last)
+        step = jnp.where(reduce, step / 2.0, step)
+        x_adv = jnp.where(bcast(reduce, x), x_best, x_adv)
+        grad = jnp.where(bcast(reduce, x), grad_best, grad)
+        return (x_adv, x_old, grad, x_best, grad_best, loss_best, x_best_adv, acc, step,
+                loss_steps, loss_best_last, reduced_last)
+
+    carry = (
+        x_adv, x_adv, grad0, x_adv, grad0, loss0, x_adv, acc0, step0,
+        jnp.zeros((num_iters, batch), loss0.dtype), loss0, jnp.ones((batch,), jnp.bool_),
+    )
+    carry = jax.lax.fori_loop(0, num_iters, body, carry, unroll=unroll)
+    x_best, loss_best, x_best_adv, acc = carry[3], carry[5], carry[6], carry[7]
+    return x_best, acc, loss_best, x_best_adv
+
+
+# --------------------------------------------------------------------------
+# Public attacks.
+# --------------------------------------------------------------------------
+
+
+def _validate(x, y, *, eps, norm, num_iters, restarts, rho, eot_iters, unroll) -> str:
+    check_common(x, y, eps)
+    norm = canonical_norm(norm)
+    val.check_int("num_iters", num_iters, min_value=1)
+    val.check_int("restarts", restarts, min_value=1)
+    val.check_number("rho", rho, min_value=0.0, max_value=1.0)
+    val.check_int("eot_iters", eot_iters, min_value=1)
+    val.check_int("unroll", unroll, min_value=1)
+    return norm
+
+
+def apgd_with_flags(
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
+    eps: float, norm: str = "linf", loss: str = "ce", num_iters: int = 100,
+    restarts: int = 1, rho: float = 0.75, eot_iters: int = 1,
+    active: Optional[jax.Array] = None, stochastic: bool = False, unroll: int = 1,
+) -> Tuple[jax.Array, jax.Array]:
+    """:func:`apgd` that also returns the per-point "still robust" flags.
+
+    ``robust[i]`` is False iff point ``i`` was attacked and some iterate was
+    misclassified (upstream ``acc``); inactive points keep ``True``.
+    """
+    norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
+                     rho=rho, eot_iters=eot_iters, unroll=unroll)
+    val.check_choice("loss", loss, UNTARGETED_LOSSES)
+    active = as_active(active, x.shape[0])
+    loss_grad = _make_loss_grad(logits_fn, loss, stochastic, eot_iters)
+    k_clean, k_runs = jax.random.split(key)
+    logits = call_logits(logits_fn, x, k_clean, stochastic)
+    to_fool = (jnp.argmax(logits, axis=-1) == y) & active
+
+    def cond(c):
+        r, acc, _ = c
+        return (r < restarts) & jnp.any(acc)
+
+    def body(c):
+        r, acc, adv = c
+        _, acc_curr, _, adv_curr = _single_run(
+            loss_grad, x, y, y, jax.random.fold_in(k_runs, r), eps=eps, norm=norm,
+            num_iters=num_iters, rho=rho, unroll=unroll)
+        broken = acc & ~acc_curr
+        return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
+
+    _, acc, adv = jax.lax.while_loop(cond, body, (jnp.int32(0), to_fool, x))
+    # A clean-misclassified active point is not robust either (acc starts False).
+    robust = jnp.where(active, acc, True)
+    return jax.lax.stop_gradient(adv), robust
+
+
+def apgd(
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
+    eps: float, norm: str = "linf", loss: str = "ce", num_iters: int = 100,
+    restarts: int = 1, rho: float = 0.75, eot_iters: int = 1,
+    active: Optional[jax.Array] = None, best_loss: bool = False,
+    stochastic: bool = False, unroll: int = 1,
+) -> jax.Array:
+    """Untargeted APGD (Croce & Hein 2020) on ``loss`` in ``("ce", "dlr")``.
+
+    Args:
+      logits_fn: NHWC float images in [0, 1] -> logits ``(B, K)``; called as
+        ``logits_fn(x, key)`` when ``stochastic`` (randomised defences).
+      x, y: clean images and int labels.
+      key: PRNG key (random starts; per-call keys for a stochastic model).
+      eps: radius of the threat model (L-inf or L2).
+      norm: ``"linf"`` (default) or ``"l2"``.
+      loss: ``"ce"`` (default; APGD-CE) or ``"dlr"`` (APGD-DLR, >= 3 classes).
+      num_iters: iterations per restart (100).
+      restarts: random restarts (1); each restart attacks only the points not
+        broken so far (upstream ``perturb``).
+      rho: oscillation threshold of condition (i) (0.75).
+      eot_iters: gradients averaged per step for randomised models (1).
+      active: boolean ``(B,)`` mask of points to attack; others are returned
+        unchanged (None: all).
+      best_loss: if True, return each active point's highest-loss iterate
+        over all restarts (upstream ``perturb(best_loss=True)``; every active
+        point is attacked in every restart) instead of adversarial examples.
+      stochastic: whether ``logits_fn`` takes a key.
+      unroll: ``fori_loop`` unroll factor of the iteration loop.
+
+    Returns:
+      ``x_adv`` (stop-gradient), same shape as ``x``: the last misclassified
+      iterate for broken points, ``x`` for points never broken or inactive.
+    """
+    if not best_loss:
+        adv, _ = apgd_with_flags(
+            logits_fn, x, y, key, eps=eps, norm=norm, loss=loss, num_iters=num_iters,
+            restarts=restarts, rho=rho, eot_iters=eot_iters, active=active,
+            stochastic=stochastic, unroll=unroll)
+        return adv
+
+    norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
+                     rho=rho, eot_iters=eot_iters, unroll=unroll)
+    val.check_choice("loss", loss, UNTARGETED_LOSSES)
+    active = as_active(active, x.shape[0])
+    loss_grad = _make_loss_grad(logits_fn, loss, stochastic, eot_iters)
+
+    def body(r, c):
+        adv_best, loss_best = c
+        best_curr, _, loss_curr, _ = _single_run(
+            loss_grad, x, y, y, jax.random.fold_in(key, r), eps=eps, norm=norm,
+            num_iters=num_iters, rho=rho, unroll=unroll)
+        improved = (loss_curr > loss_best) & active
+        return (jnp.where(bcast(improved, x), best_curr, adv_best),
+                jnp.where(improved, loss_curr, loss_best))
+
+    init = (x, jnp.full((x.shape[0],), -jnp.inf, jnp.float32))
+    adv, _ = jax.lax.fori_loop(0, restarts, body, init)
+    return jax.lax.stop_gradient(adv)
+
+
+def apgd_targeted_with_flags(
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
+    eps: float, norm: str = "linf", num_iters: int = 100, n_target_classes: int = 9,
+    restarts: int = 1, rho: float = 0.75, eot_iters: int = 1, loss: str = "dlr_targeted",
+    active: Optional[jax.Array] = None, stochastic: bool = False, unroll: int = 1,
+) -> Tuple[jax.Array, jax.Array]:
+    """:func:`apgd_targeted` that also returns the per-point "still robust" flags."""
+    norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
+                     rho=rho, eot_iters=eot_iters, unroll=unroll)
+    val.check_choice("loss", loss, TARGETED_LOSSES)
+    val.check_int("n_target_classes", n_target_classes, min_value=1)
+    k_clean, k_runs = jax.random.split(key)
+    logits = call_logits(logits_fn, x, k_clean, stochastic)
+    num_classes = logits.shape[-1]
+    if n_target_classes > num_classes - 1:
+        raise ValueError(
+            f"n_target_classes must be <= num_classes - 1 = {num_classes - 1}, "
+            f"got {n_target_classes}")
+    if loss == "dlr_targeted" and num_classes < 4:
+        raise ValueError(f"loss 'dlr_targeted' needs >= 4 classes, got {num_classes}")
+    active = as_active(active, x.shape[0])
+    loss_grad = _make_loss_grad(logits_fn, loss, stochastic, eot_iters)
+    to_fool = (jnp.argmax(logits, axis=-1) == y) & active
+    # Classes sorted by clean logit, ascending; target j (2..n+1) is the j-th
+    # largest (upstream recomputes this on the same clean points every time).
+    order = jnp.argsort(logits, axis=-1)
+    n_runs = n_target_classes * restarts
+
+    def cond(c):
+        r, acc, _ = c
+        return (r < n_runs) & jnp.any(acc)
+
+    def body(c):
+        r, acc, adv = c
+        target_rank = 2 + r // restarts
+        t = jax.lax.dynamic_index_in_dim(order, num_classes - target_rank, axis=1,
+                                         keepdims=False)
+        _, acc_curr, _, adv_curr = _single_run(
+            loss_grad, x, y, t, jax.random.fold_in(k_runs, r), eps=eps, norm=norm,
+            num_iters=num_iters, rho=rho, unroll=unroll)
+        broken = acc & ~acc_curr
+        return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
+
+    _, acc, adv = jax.lax.while_loop(cond, body, (jnp.int32(0), to_fool, x))
+    robust = jnp.where(active, acc, True)
+    return jax.lax.stop_gradient(adv), robust
+
+
+def apgd_targeted(
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
+    eps: float, norm: str = "linf", num_iters: int = 100, n_target_classes: int = 9,
+    restarts: int = 1, rho: float = 0.75, eot_iters: int = 1, loss: str = "dlr_targeted",
+    active: Optional[jax.Array] = None, stochastic: bool = False, unroll: int = 1,
+) -> jax.Array:
+    """Targeted APGD (APGD-T, Croce & Hein 2020) on the targeted DLR loss.
+
+    For target rank ``j = 2 .. n_target_classes + 1`` (the ``j``-th largest
+    clean logit) and each of ``restarts`` restarts, one APGD run maximises
+    ``targeted_dlr(z, y, t_j)`` on the points not yet broken; the first
+    successful run sets a point's output (upstream ``APGDAttack_targeted``).
+    Defaults as AutoAttack 'standard': 9 targets, 1 restart, 100 iterations,
+    rho 0.75. ``loss="ce_targeted"`` (``-CE(z, t)``) is upstream's alternative.
+    The other arguments are as in :func:`apgd`; needs >= 4 classes for DLR and
+    ``n_target_classes <= K - 1``.
+    """
+    adv, _ = apgd_targeted_with_flags(
+        logits_fn, x, y, key, eps=eps, norm=norm, num_iters=num_iters,
+        n_target_classes=n_target_classes, restarts=restarts, rho=rho,
+        eot_iters=eot_iters, loss=loss, active=active, stochastic=stochastic,
+        unroll=unroll)
+    return adv
