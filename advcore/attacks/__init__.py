@@ -8,4 +8,10 @@ an attack from a registry name such as ``"pgd20"``.
 """
 
 from advcore.attacks import losses, norms
+from advcore.attacks.cw_l2 import cw_l2
+from advcore.attacks.jsma import jsma
 from advcore.attacks.pgd import fgsm, mi_fgsm, pgd
+from advcore.attacks.registry import Attack, make_attack
+from advcore.attacks.stored import AttackSet, AttackSetError, load_attack_set, save_attack_set
+from advcore.attacks.targets import random_targets
+from advcore.attacks.transfer import evaluate_transfer, transfer_attack
