@@ -102,14 +102,16 @@ def evaluate_classifier(
         if pad:
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
             y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
-        xs, ys = jax.device_put((x, y), parallel.data_sharded(mesh))
+        xs, ys = parallel.shard_host_batch((x, y), mesh)
         batch_key = jax.random.fold_in(key, start)
         for name, fn in fns.items():
             if transfer_source is not None and name != "clean":
                 ok = fn(variables, transfer_source[1], xs, ys, batch_key)
             else:
                 ok = fn(variables, xs, ys, batch_key)
-            correct[name][start:stop] = np.asarray(ok)[: stop - start]
+            # fetch_to_host: in multi-process runs ``ok`` spans other hosts'
+            # devices, and np.asarray alone cannot read it.
+            correct[name][start:stop] = parallel.fetch_to_host(ok)[: stop - start]
 
     result = {name: 100.0 * float(c.mean()) for name, c in correct.items()}
     worst = np.logical_and.reduce([c for c in correct.values()])

@@ -81,6 +81,22 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(to_global, local_batch)
 
 
+def shard_host_batch(global_batch: Any, mesh: Mesh) -> Any:
+    """Global arrays from a host batch that *every* process holds whole (eval).
+
+    Each process copies only the rows its own devices hold. Unlike
+    ``jax.device_put`` onto a multi-process sharding, this needs no
+    cross-process check that all processes passed equal values.
+    """
+    sharding = data_sharded(mesh)
+
+    def to_global(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(to_global, global_batch)
+
+
 def fetch_to_host(tree: Any) -> Any:
     """Brings (possibly multi-host) arrays back as host numpy arrays.
 
