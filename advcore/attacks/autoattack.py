@@ -130,7 +130,8 @@ def autoattack(
       attacks_to_run: optional subset / order of ``ATTACK_NAMES``; the
         version still sets restarts and EOT.
       return_details: also return ``{"clean": acc, <attack>: robust acc after
-        it, ..., "robust": (B,) bool}`` (upstream's log as arrays).
+        it, ..., "robust": (B,) bool}`` (upstream's log as arrays; a jitted
+        call returns the keys sorted, ``version_attacks`` gives the order).
       num_iters: APGD / FAB iterations (100). n_queries: Square budget (5000).
       n_target_classes: APGD-T / FAB-T targets (9).
       restarts, eot_iters: override the version's APGD-CE/-DLR and FAB

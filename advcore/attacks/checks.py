@@ -81,7 +81,8 @@ def _check_zero_gradients(logits_fn, x, y, key, stochastic, prims: set[str]) -> 
     def total(x_in):
         return jnp.sum(losses.ce(_call(logits_fn, x_in, key, stochastic), y))
 
-    grad = np.asarray(jax.grad(total)(x))
+    # Jitted: one compile is much cheaper than eager op-by-op autodiff.
+    grad = np.asarray(jax.jit(jax.grad(total))(x))
     l1 = np.abs(grad.reshape(grad.shape[0], -1)).sum(-1)
     n_zero = int(np.sum(l1 == 0))
     if n_zero:
