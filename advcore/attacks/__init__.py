@@ -15,3 +15,8 @@ from advcore.attacks.registry import Attack, make_attack
 from advcore.attacks.stored import AttackSet, AttackSetError, load_attack_set, save_attack_set
 from advcore.attacks.targets import random_targets
 from advcore.attacks.transfer import evaluate_transfer, transfer_attack
+from advcore.attacks.apgd import apgd, apgd_targeted
+from advcore.attacks.autoattack import autoattack, make_autoattack
+from advcore.attacks.checks import run_sanity_checks
+from advcore.attacks.fab import fab_targeted
+from advcore.attacks.square import square
