@@ -80,17 +80,25 @@ def test_cw_l2_argument_checks():
 def jsma_run(setup):
     f, x, y = setup
     key = tiny.key(5)
-    x_adv = jax.jit(lambda x, y, k: attacks.jsma(f, x, y, k, gamma=0.25))(x, y, key)
-    return x_adv, attacks.random_targets(key, y, tiny.NUM_CLASSES)
+    x_adv, x_capped = jax.jit(lambda x, y, k: (
+        attacks.jsma(f, x, y, k, gamma=0.25), attacks.jsma(f, x, y, k, gamma=0.1)))(x, y, key)
+    return x_adv, attacks.random_targets(key, y, tiny.NUM_CLASSES), x_capped
 
 
 def test_jsma_changes_at_most_gamma_fraction_of_pixels(setup, jsma_run):
     _, x, _ = setup
-    x_adv, _ = jsma_run
+    x_adv, _, x_capped = jsma_run
     n_features = int(np.prod(tiny.SHAPE))
     changed = (np.asarray(x_adv) != np.asarray(x)).reshape(x.shape[0], -1).sum(1)
     assert changed.max() <= 0.25 * n_features
     assert changed.max() > 0
+    # gamma = 0.1 binds: floor(0.1 * 64 / 2) = 3 pair iterations, <= 6.4 pixels
+    capped = (np.asarray(x_capped) != np.asarray(x)).reshape(x.shape[0], -1).sum(1)
+    assert capped.max() <= 0.1 * n_features and capped.max() == 6
+    # same trajectory, cut short: examples needing > 3 pairs stop exactly at the cap
+    assert np.any(changed > 6)
+    np.testing.assert_array_equal(capped[changed > 6], 6)
+    np.testing.assert_array_equal(capped[changed <= 6], changed[changed <= 6])
     # theta = +1: pixels only increase, and changed pixels are saturated at 1
     assert bool(jnp.all(x_adv >= x))
     np.testing.assert_array_equal(np.asarray(x_adv)[np.asarray(x_adv != x)], 1.0)
@@ -98,7 +106,7 @@ def test_jsma_changes_at_most_gamma_fraction_of_pixels(setup, jsma_run):
 
 def test_jsma_reaches_target_for_most_examples(setup, jsma_run):
     f, _, y = setup
-    x_adv, targets = jsma_run
+    x_adv, targets, _ = jsma_run
     assert not np.any(np.asarray(targets == y))
     assert np.mean(tiny.predict(f, x_adv) == np.asarray(targets)) >= 0.5
 

@@ -39,7 +39,8 @@ def test_cw_margin_matches_hand_computation_and_kappa_clamp():
 
 
 def test_cw_margin_ascent_direction_increases_misclassification():
-    g = jax.grad(lambda z: losses.cw_margin(z, jnp.asarray([0])).sum())(jnp.asarray([[2.0, 1.0, 0.0]]))
+    z = jnp.asarray([[2.0, 1.0, 0.0]])
+    g = jax.grad(lambda z: losses.cw_margin(z, jnp.asarray([0])).sum())(z)
     np.testing.assert_allclose(g, [[-1.0, 1.0, 0.0]])
 
 
