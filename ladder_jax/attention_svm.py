@@ -93,6 +93,57 @@ def svm_loss(
     return c * mean_hinge + jnp.mean(params.w**2)
 
 
+def batch_schedule(key: jax.Array, n: int, epochs: int, batch_size: int
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Row indices and validity masks (epochs, steps, batch) of a shuffled SGD run.
+
+    Every epoch draws a fresh permutation; the last, smaller batch of an epoch
+    is kept (PyTorch's loop over ``range(0, N, batch_size)``) and padded with
+    masked rows.
+    """
+    steps = -(-n // batch_size)
+    pad = steps * batch_size - n
+
+    def one_epoch(k):
+        perm = jax.random.permutation(k, n)
+        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+        valid = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))])
+        return idx.reshape(steps, batch_size), valid.reshape(steps, batch_size)
+
+    return jax.vmap(one_epoch)(jax.random.split(key, epochs))
+
+
+def fit_svm(
+    params: SVMParams,
+    z: jax.Array,
+    y: jax.Array,
+    batch_idx: jax.Array,
+    batch_mask: jax.Array,
+    *,
+    c: float,
+    lr: float,
+    use_exp: bool,
+) -> SVMParams:
+    """Plain SGD over a precomputed batch schedule (no randomness inside).
+
+    Keeping the random draws out of this program matters on CPU: XLA spends
+    most of its compile time on threefry code, which here runs once.
+    """
+    grad_fn = jax.grad(svm_loss)
+
+    def step_body(params, batch):
+        bidx, bmask = batch
+        g = grad_fn(params, z[bidx], y[bidx], bmask, c, use_exp)
+        return jax.tree.map(lambda p, gp: p - lr * gp, params, g), None
+
+    def epoch_body(params, epoch):
+        params, _ = jax.lax.scan(step_body, params, epoch)
+        return params, None
+
+    params, _ = jax.lax.scan(epoch_body, params, (batch_idx, batch_mask))
+    return params
+
+
 def train_svm(
     key: jax.Array,
     z: jax.Array,
@@ -114,30 +165,10 @@ def train_svm(
       use_exp: the code's extra exp on the attention.
     """
     n, dim = z.shape
-    steps = -(-n // batch_size)  # ceil: the last, smaller batch is kept
     k_init, k_shuffle = jax.random.split(key)
     params = init_svm_params(k_init, dim)
-    grad_fn = jax.grad(svm_loss)
-
-    def epoch_body(params, epoch_key):
-        perm = jax.random.permutation(epoch_key, n)
-        pad = steps * batch_size - n
-        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
-        valid = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))])
-        idx = idx.reshape(steps, batch_size)
-        valid = valid.reshape(steps, batch_size)
-
-        def step_body(params, batch):
-            bidx, bmask = batch
-            g = grad_fn(params, z[bidx], y[bidx], bmask, c, use_exp)
-            return jax.tree.map(lambda p, gp: p - lr * gp, params, g), None
-
-        params, _ = jax.lax.scan(step_body, params, (idx, valid))
-        return params, None
-
-    epoch_keys = jax.random.split(k_shuffle, epochs)
-    params, _ = jax.lax.scan(epoch_body, params, epoch_keys)
-    return params
+    idx, mask = batch_schedule(k_shuffle, n, epochs, batch_size)
+    return fit_svm(params, z, y, idx, mask, c=c, lr=lr, use_exp=use_exp)
 
 
 def split_sizes(n_per_class: int, test_size: float) -> tuple[int, int]:
@@ -166,6 +197,48 @@ class PairResult(NamedTuple):
     heldout_acc: jax.Array
 
 
+class PairPlan(NamedTuple):
+    """Every random draw of one pair's training: split, init and batch order."""
+
+    perm_src: jax.Array  # (n,) stratified split order of the source rows
+    perm_tgt: jax.Array  # (n,) ... of the target rows
+    params0: SVMParams
+    batch_idx: jax.Array  # (epochs, steps, batch)
+    batch_mask: jax.Array
+
+
+def plan_pair(key: jax.Array, n: int, dim: int, *, test_size: float, epochs: int,
+              batch_size: int) -> PairPlan:
+    """The random part of ``train_pair``, derived from the pair's key only."""
+    n_train, _ = split_sizes(n, test_size)
+    k_split_s, k_split_t, k_train = jax.random.split(key, 3)
+    k_init, k_shuffle = jax.random.split(k_train)
+    idx, mask = batch_schedule(k_shuffle, 2 * n_train, epochs, batch_size)
+    return PairPlan(jax.random.permutation(k_split_s, n), jax.random.permutation(k_split_t, n),
+                    init_svm_params(k_init, dim), idx, mask)
+
+
+def fit_pair(plan: PairPlan, z_src: jax.Array, z_tgt: jax.Array, *, test_size: float,
+             c: float, lr: float, use_exp: bool) -> PairResult:
+    """The deterministic part of ``train_pair``: split, SGD, accuracies."""
+    n = z_src.shape[0]
+    n_train, n_test = split_sizes(n, test_size)
+    perm_s, perm_t = plan.perm_src, plan.perm_tgt
+    z_tr = jnp.concatenate([z_src[perm_s[:n_train]], z_tgt[perm_t[:n_train]]])
+    z_te = jnp.concatenate([z_src[perm_s[n_train:]], z_tgt[perm_t[n_train:]]])
+    y_tr = jnp.concatenate([-jnp.ones((n_train,)), jnp.ones((n_train,))])
+    y_te = jnp.concatenate([-jnp.ones((n_test,)), jnp.ones((n_test,))])
+    params = fit_svm(plan.params0, z_tr, y_tr, plan.batch_idx, plan.batch_mask,
+                     c=c, lr=lr, use_exp=use_exp)
+
+    def accuracy(zz, yy):
+        # SPEC 3.4: h > 0 predicts the target (+1).
+        pred = jnp.where(svm_score(params, zz, use_exp) > 0, 1.0, -1.0)
+        return jnp.mean(pred == yy)
+
+    return PairResult(params, accuracy(z_tr, y_tr), accuracy(z_te, y_te))
+
+
 def train_pair(
     key: jax.Array,
     z_src: jax.Array,
@@ -181,35 +254,30 @@ def train_pair(
     """Stratified split, SVM training and accuracy for one ordered pair.
 
     ``z_src`` (source, label -1) and ``z_tgt`` (target, label +1) hold the
-    same number n of latents each.
+    same number n of latents each. sklearn's stratified split is replaced
+    by a keyed permutation of each class (same sizes).
     """
-    n = z_src.shape[0]
-    n_train, _ = split_sizes(n, test_size)
-    k_split_s, k_split_t, k_train = jax.random.split(key, 3)
-    perm_s = jax.random.permutation(k_split_s, n)
-    perm_t = jax.random.permutation(k_split_t, n)
-    z_tr = jnp.concatenate([z_src[perm_s[:n_train]], z_tgt[perm_t[:n_train]]])
-    z_te = jnp.concatenate([z_src[perm_s[n_train:]], z_tgt[perm_t[n_train:]]])
-    n_test = n - n_train
-    y_tr = jnp.concatenate([-jnp.ones((n_train,)), jnp.ones((n_train,))])
-    y_te = jnp.concatenate([-jnp.ones((n_test,)), jnp.ones((n_test,))])
-    params = train_svm(
-        k_train, z_tr, y_tr, c=c, lr=lr, epochs=epochs,
-        batch_size=batch_size, use_exp=use_exp,
-    )
-
-    def accuracy(zz, yy):
-        # SPEC 3.4: h > 0 predicts the target (+1).
-        pred = jnp.where(svm_score(params, zz, use_exp) > 0, 1.0, -1.0)
-        return jnp.mean(pred == yy)
-
-    return PairResult(params, accuracy(z_tr, y_tr), accuracy(z_te, y_te))
+    plan = plan_pair(key, z_src.shape[0], z_src.shape[1], test_size=test_size,
+                     epochs=epochs, batch_size=batch_size)
+    return fit_pair(plan, z_src, z_tgt, test_size=test_size, c=c, lr=lr, use_exp=use_exp)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("test_size", "c", "lr", "epochs", "batch_size", "use_exp"),
-)
+@functools.partial(jax.jit, static_argnames=("n", "dim", "test_size", "epochs", "batch_size"))
+def _plan_pairs(keys, *, n, dim, test_size, epochs, batch_size) -> PairPlan:
+    return jax.vmap(lambda k: plan_pair(k, n, dim, test_size=test_size, epochs=epochs,
+                                        batch_size=batch_size))(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("test_size", "c", "lr", "use_exp"))
+def _fit_pairs(plans: PairPlan, class_latents, pairs, *, test_size, c, lr, use_exp
+               ) -> PairResult:
+    def one(plan, pair):
+        return fit_pair(plan, class_latents[pair[0]], class_latents[pair[1]],
+                        test_size=test_size, c=c, lr=lr, use_exp=use_exp)
+
+    return jax.vmap(one)(plans, pairs)
+
+
 def train_pairs(
     keys: jax.Array,
     class_latents: jax.Array,
@@ -222,24 +290,29 @@ def train_pairs(
     batch_size: int,
     use_exp: bool,
 ) -> PairResult:
-    """Trains the SVMs of many ordered pairs at once (one jitted vmap).
+    """Trains the SVMs of many ordered pairs at once: ``vmap`` of ``train_pair``.
+
+    Two jitted programs, both vmapped over the pair axis: the random plans
+    (compiled without XLA backend optimisation on CPU, where threefry
+    dominates compile time) and the SGD fits.
 
     Args:
-      keys: (P, 2) one key per pair.
+      keys: (P,) one key per pair.
       class_latents: (K, n, dim) the first n latents of every class.
       pairs: (P, 2) int rows (source, target).
     Returns:
       A ``PairResult`` whose leaves have a leading pair axis P.
     """
-
-    def one(key, pair):
-        return train_pair(
-            key, class_latents[pair[0]], class_latents[pair[1]],
-            test_size=test_size, c=c, lr=lr, epochs=epochs,
-            batch_size=batch_size, use_exp=use_exp,
-        )
-
-    return jax.vmap(one)(keys, pairs)
+    _, n, dim = class_latents.shape
+    plan_kw = dict(n=int(n), dim=int(dim), test_size=test_size, epochs=epochs,
+                   batch_size=batch_size)
+    if jax.default_backend() == "cpu":
+        plans = _plan_pairs.lower(keys, **plan_kw).compile(
+            compiler_options={"xla_backend_optimization_level": 0})(keys)
+    else:
+        plans = _plan_pairs(keys, **plan_kw)
+    return _fit_pairs(plans, class_latents, pairs, test_size=test_size, c=c, lr=lr,
+                      use_exp=use_exp)
 
 
 def ordered_pairs(num_classes: int) -> np.ndarray:

@@ -165,6 +165,12 @@ def base_config() -> ml_collections.ConfigDict:
 def apply_smoke(c: ml_collections.ConfigDict) -> None:
     """Tiny subsets and step counts: every stage in well under a minute."""
     c.progress_bar = False
+    # Narrow classifiers (the latent shrinks with them; the generator's
+    # Linear adapts). LeNet has no width knob and is small already.
+    smoke_kwargs = {"vgg8_svhn": {"width_multiplier": 0.0625},
+                    "vgg11bn_celeba": {"width_multiplier": 0.0625},
+                    "cifar_resnet18": {"base_width": 8}}
+    c.model.kwargs = ml_collections.ConfigDict(smoke_kwargs.get(c.model.name, {}))
     c.dataset.train_limit = 400
     c.dataset.test_limit = 80
     c.classifier.epochs = 1
