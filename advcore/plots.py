@@ -1,0 +1,262 @@
+"""Figures for the reproduction report: training curves, trade-off scatter, logit t-SNE, grids.
+
+Matplotlib with the non-interactive Agg backend (no display is ever needed);
+every function writes one PNG and returns its path.
+
+* ``plot_training_curves``: loss, adversarial train accuracy and LR against
+  the step, read from each run's ``metrics.jsonl``.
+* ``plot_tradeoff``: clean vs robust accuracy, one labelled point per model
+  (LBGAT Fig. 1).
+* ``plot_logit_tsne``: 2-D t-SNE of the logits of several models, coloured by
+  class (LBGAT Figs. 3-4: TRADES vs LBGAT).
+* ``image_grid``: a grid of images with optional titles (LADDER ε grids and
+  reconstructions). LADDER's own figure layouts (``ladder_jax.plots``) are
+  richer; this is the dataset-agnostic grid the report uses for any images.
+
+``advcore`` must not import the method packages, so nothing here depends on
+``ladder_jax``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from advcore.metrics import read_metrics  # noqa: E402
+
+# The adversarial train accuracy is logged under different keys by
+# different methods (natural training logs only 'train/acc').
+_ADV_ACC_KEYS = ("train/adv_acc", "train/acc")
+_LOSS_KEYS = ("loss",)
+_LR_KEYS = ("lr", "train/lr", "learning_rate")
+
+
+def _ensure_dir(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+
+
+def _first_key(record: Mapping, keys: Sequence[str]) -> Optional[str]:
+    for k in keys:
+        if k in record and isinstance(record[k], (int, float)):
+            return k
+    return None
+
+
+def read_curves(workdir: str) -> dict[str, np.ndarray]:
+    """``{'step', 'loss', 'adv_acc', 'lr'}`` arrays from ``<workdir>/metrics.jsonl``.
+
+    Only training log lines count (eval lines, which carry ``eval/...`` keys
+    and no loss, are skipped). Missing series are empty arrays.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    out: dict[str, list] = {"step": [], "loss": [], "adv_acc": [], "lr": []}
+    if not os.path.exists(path):
+        return {k: np.asarray(v, float) for k, v in out.items()}
+    rows = {}
+    for rec in read_metrics(path):
+        if _first_key(rec, _LOSS_KEYS) is None:
+            continue
+        # A resumed run may re-log a step; the last line wins.
+        rows[int(rec["step"])] = rec
+    for step in sorted(rows):
+        rec = rows[step]
+        out["step"].append(step)
+        out["loss"].append(float(rec["loss"]))
+        k = _first_key(rec, _ADV_ACC_KEYS)
+        out["adv_acc"].append(float(rec[k]) if k else np.nan)
+        k = _first_key(rec, _LR_KEYS)
+        out["lr"].append(float(rec[k]) if k else np.nan)
+    return {k: np.asarray(v, float) for k, v in out.items()}
+
+
+def plot_training_curves(workdirs: Mapping[str, str], path: str,
+                         title: str = "", dpi: int = 100) -> str:
+    """Loss, adversarial train accuracy and LR vs step, one line per run.
+
+    Args:
+      workdirs: ``{label: workdir}``; runs without ``metrics.jsonl`` are skipped.
+      path: output PNG.
+    """
+    if not workdirs:
+        raise ValueError("workdirs must name at least one run, got none")
+    _ensure_dir(path)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (("loss", "training loss"), ("adv_acc", "train accuracy on x' (x for natural)"),
+              ("lr", "learning rate"))
+    for label, wd in workdirs.items():
+        c = read_curves(wd)
+        if not len(c["step"]):
+            continue
+        for ax, (key, _) in zip(axes, panels):
+            y = c[key]
+            if key == "adv_acc" and np.nanmax(np.append(y, 0)) <= 1.0:
+                y = 100.0 * y  # logged as a fraction
+            if np.all(np.isnan(y)):
+                continue
+            ax.plot(c["step"], y, label=label, lw=1.2)
+    for ax, (key, name) in zip(axes, panels):
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if key == "loss":
+            ax.set_yscale("log")
+        if key == "adv_acc":
+            ax.set_ylabel("%")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6),
+                   fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
+                  xlabel: str = "clean accuracy (%)", ylabel: str = "robust accuracy (%)",
+                  title: str = "", highlight: Sequence[str] = (), dpi: int = 100) -> str:
+    """Robustness-accuracy scatter (LBGAT Fig. 1): one labelled point per model.
+
+    Args:
+      points: ``{label: (clean, robust)}`` in %.
+      highlight: labels drawn as red stars (e.g. the LBGAT rows).
+    """
+    if not points:
+        raise ValueError("points must hold at least one (clean, robust) pair, got none")
+    _ensure_dir(path)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    for label, (clean, robust) in points.items():
+        star = label in highlight
+        ax.scatter([clean], [robust], marker="*" if star else "o",
+                   s=160 if star else 50, c="tab:red" if star else "tab:blue",
+                   edgecolors="k", linewidths=0.5, zorder=3)
+        ax.annotate(label, (clean, robust), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    xs = np.array([p[0] for p in points.values()], float)
+    ys = np.array([p[1] for p in points.values()], float)
+    pad_x = max(1.0, 0.15 * (xs.max() - xs.min()))
+    pad_y = max(1.0, 0.15 * (ys.max() - ys.min()))
+    ax.set_xlim(xs.min() - pad_x, xs.max() + 2.5 * pad_x)
+    ax.set_ylim(ys.min() - pad_y, ys.max() + pad_y)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def tsne_embed(logits: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE of ``(N, K)`` logits (sklearn, PCA init, fixed seed)."""
+    from sklearn.manifold import TSNE
+
+    logits = np.asarray(logits, np.float32)
+    if logits.ndim != 2 or len(logits) < 4:
+        raise ValueError(f"logits must be (N >= 4, K), got shape {logits.shape}")
+    perplexity = float(min(perplexity, (len(logits) - 1) / 3.0))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                learning_rate="auto")
+    return tsne.fit_transform(logits)
+
+
+def plot_logit_tsne(logits_by_model: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str,
+                    title: str = "", seed: int = 0, dpi: int = 100,
+                    return_embeddings: bool = False):
+    """t-SNE of each model's logits, one panel per model, coloured by label.
+
+    Args:
+      logits_by_model: ``{label: (logits (N, K), labels (N,))}``, e.g. TRADES
+        and LBGAT logits on the same test images (LBGAT Figs. 3-4).
+      return_embeddings: also return ``{label: (N, 2) embedding}``.
+    """
+    if not logits_by_model:
+        raise ValueError("logits_by_model must hold at least one model, got none")
+    _ensure_dir(path)
+    n = len(logits_by_model)
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 4.6), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    embeddings = {}
+    for ax, (label, (logits, labels)) in zip(axes[0], logits_by_model.items()):
+        emb = tsne_embed(logits, seed=seed)
+        embeddings[label] = emb
+        labels = np.asarray(labels).astype(int)
+        for cls in np.unique(labels):
+            m = labels == cls
+            ax.scatter(emb[m, 0], emb[m, 1], s=4, color=cmap(cls % 10), label=str(cls))
+        ax.set_title(label)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, lbls = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, lbls, loc="center right", markerscale=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.94, 1))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return (path, embeddings) if return_embeddings else path
+
+
+def _to_display(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    img = np.clip(img, 0.0, 1.0)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    return img
+
+
+def image_grid(images: np.ndarray, path: str, nrow: int,
+               titles: Optional[Sequence[str]] = None, suptitle: str = "",
+               cell_inches: float = 1.2, dpi: int = 100) -> str:
+    """Images in a grid of ``nrow`` rows (row-major), each with an optional title.
+
+    Args:
+      images: ``(N, H, W, C)`` (C = 1 or 3) or ``(N, H, W)``, uint8 or float in [0, 1].
+      nrow: number of rows; the column count is ``ceil(N / nrow)``.
+      titles: ``N`` strings (or None).
+    """
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or len(images) == 0:
+        raise ValueError(f"images must be (N, H, W[, C]) with N >= 1, got shape {images.shape}")
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"titles must have one entry per image ({len(images)}), "
+                         f"got {len(titles)}")
+    _ensure_dir(path)
+    n = len(images)
+    nrow = min(nrow, n)
+    ncol = math.ceil(n / nrow)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(cell_inches * ncol, cell_inches * nrow
+                                                  + (0.3 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        img = _to_display(images[i])
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -1,0 +1,98 @@
+"""advcore.plots: every figure is a real PNG of the expected size; t-SNE separates clusters."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from advcore import plots
+
+
+def _png_size(path):
+    assert os.path.getsize(path) > 1000, "PNG is (nearly) empty"
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        return im.size  # (width, height)
+
+
+def _close(size, expected):
+    """Matplotlib may round a figure dimension down by one pixel."""
+    return all(abs(a - b) <= 1 for a, b in zip(size, expected))
+
+
+def _write_metrics(workdir, n=12, adv_key="train/adv_acc", with_eval=True):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for i in range(1, n + 1):
+            f.write(json.dumps({"step": 10 * i, "time": 0.0, "loss": 2.0 / i,
+                                adv_key: min(1.0, 0.08 * i), "lr": 0.1 if i < 8 else 0.01})
+                    + "\n")
+        if with_eval:
+            f.write(json.dumps({"step": 10 * n, "eval/x (robust)/clean": 97.0}) + "\n")
+
+
+def test_training_curves_png(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _write_metrics(a)
+    _write_metrics(b, adv_key="train/acc", with_eval=False)
+    c = plots.read_curves(a)
+    assert len(c["step"]) == 12 and c["lr"][-1] == pytest.approx(0.01)  # eval line skipped
+    out = plots.plot_training_curves({"TRADES": a, "natural": b,
+                                      "missing": str(tmp_path / "none")},
+                                     str(tmp_path / "fig" / "curves.png"), dpi=100)
+    assert _close(_png_size(out), (1500, 420))  # figsize (15, 4.2) at 100 dpi
+
+
+def test_tradeoff_png(tmp_path):
+    out = plots.plot_tradeoff({"TRADES (α=6)": (84.9, 56.6), "LBGAT+TRADES (α=0)": (88.2, 57.6),
+                               "vanilla AT": (86.8, 52.9)}, str(tmp_path / "t.png"),
+                              highlight=["LBGAT+TRADES (α=0)"], dpi=100)
+    assert _close(_png_size(out), (640, 500))
+    with pytest.raises(ValueError, match="points"):
+        plots.plot_tradeoff({}, str(tmp_path / "x.png"))
+
+
+def test_image_grid_png(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
+    out = plots.image_grid(imgs, str(tmp_path / "g.png"), nrow=2,
+                           titles=[f"ε={e}" for e in range(7)], cell_inches=1.0, dpi=100)
+    assert _close(_png_size(out), (400, 200))  # 2 rows x ceil(7/2) = 4 columns of 1 inch
+    rgb = rng.random((3, 8, 8, 3)).astype(np.float32)
+    out = plots.image_grid(rgb, str(tmp_path / "c.png"), nrow=1, dpi=100)
+    assert _close(_png_size(out), (360, 120))
+    with pytest.raises(ValueError, match="titles"):
+        plots.image_grid(imgs, str(tmp_path / "bad.png"), nrow=2, titles=["a"])
+
+
+def _knn_purity(emb, labels, k=5):
+    d = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1)[:, :k]
+    return float(np.mean(labels[nn] == labels[:, None]))
+
+
+def test_tsne_separates_two_clusters(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 60
+    # Two clusters in 10-D logit space, far apart relative to their spread.
+    a = rng.normal(0.0, 1.0, (n, 10)) + 8.0 * np.eye(10)[0]
+    b = rng.normal(0.0, 1.0, (n, 10)) + 8.0 * np.eye(10)[1]
+    logits = np.concatenate([a, b]).astype(np.float32)
+    labels = np.array([0] * n + [1] * n)
+    shuffled = rng.permutation(labels)  # a control that must *not* look separated
+    out, emb = plots.plot_logit_tsne({"TRADES": (logits, labels), "LBGAT": (logits, shuffled)},
+                                     str(tmp_path / "tsne.png"), dpi=100,
+                                     return_embeddings=True)
+    assert _close(_png_size(out), (960, 460))
+    e = emb["TRADES"]
+    assert e.shape == (2 * n, 2)
+    # Linear separability along the line joining the two centroids.
+    ca, cb = e[labels == 0].mean(0), e[labels == 1].mean(0)
+    proj = (e - (ca + cb) / 2) @ (cb - ca)
+    assert np.all(proj[labels == 0] < 0) and np.all(proj[labels == 1] > 0)
+    assert _knn_purity(e, labels) == 1.0
+    assert _knn_purity(emb["LBGAT"], shuffled) < 0.8
