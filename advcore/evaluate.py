@@ -195,6 +195,9 @@ def main(argv=None) -> None:
     parser.add_argument("--transfer_from", default="",
                         help="workdir of a source model: black-box transfer evaluation")
     args = parser.parse_args(argv)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
     if args.n < 1:
         parser.error(f"--n must be >= 1, got {args.n}")
 

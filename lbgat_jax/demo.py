@@ -26,6 +26,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
     args = parser.parse_args(argv)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
 
     from advcore import parallel
 

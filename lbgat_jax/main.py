@@ -17,7 +17,7 @@ import copy
 import importlib.util
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -59,6 +59,9 @@ def _load_sweep(config_flag_value: str) -> list[dict]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax and tfds log every file operation at INFO; keep the console for
+    # the progress bar and the tables.
+    logging.set_verbosity(logging.WARNING)
     # Distributed init must precede every other JAX call.
     from advcore import parallel
 
