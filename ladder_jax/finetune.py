@@ -34,7 +34,7 @@ from ladder_jax.classifier import accuracy, create_state, make_pair_step
 from ladder_jax.config_schema import BASELINE_ROWS, VARIANTS
 from ladder_jax.context import Context
 from ladder_jax.stages import run_unit, selected_train_images
-from ladder_jax.train_loop import fit
+from ladder_jax.train_loop import effective_batch, fit
 from ladder_jax.train_utils import host, open_checkpointer
 
 DISPLAY_NAMES = {
@@ -113,7 +113,7 @@ def _finetune_row(ctx: Context, row: str, fp: str, seed_offset: int) -> dict:
         return {"test_accuracy": accuracy(clf, host(st.robust), test.images, test.labels,
                                           ft.eval_batch_size)}
 
-    batch = min(ft.batch_size, len(y))
+    batch = effective_batch(ft.batch_size, len(y))
     state = fit(state=state, step_fn=step, num_examples=len(y), global_batch=batch,
                 make_batch=make_batch, epochs=ft.epochs, seed=c.seed + seed_offset,
                 checkpointer=ckpt, checkpoint_every_epochs=ft.checkpoint_every_epochs,

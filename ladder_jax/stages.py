@@ -23,7 +23,7 @@ from ladder_jax import attention_svm, generate, generator_train, generators, plo
 from ladder_jax.classifier import (accuracy, create_state, init_classifier_vars,
                                    make_clean_step)
 from ladder_jax.context import Context
-from ladder_jax.train_loop import fit
+from ladder_jax.train_loop import effective_batch, fit
 from ladder_jax.train_utils import (ModelVars, apply_model, host, open_checkpointer,
                                     restore_latest)
 
@@ -86,7 +86,7 @@ def stage_classifier(ctx: Context, force: bool = False) -> None:
             return {"test_accuracy": accuracy(clf, host(st.robust), test.images, test.labels,
                                               c.classifier.eval_batch_size)}
 
-        batch = min(c.classifier.batch_size, len(labels))
+        batch = effective_batch(c.classifier.batch_size, len(labels))
         state = fit(state=state, step_fn=make_clean_step(clf, tx), num_examples=len(labels),
                     global_batch=batch, make_batch=make_batch, epochs=c.classifier.epochs,
                     seed=c.seed, checkpointer=ckpt,
@@ -245,7 +245,7 @@ def _train_generator(ctx: Context, kind: str, fp: str) -> dict:
                 "target": np.asarray(generators.image_to_target(x, spec.target_range))}
 
     out_dir = ctx.wd.ensure_dir("generator", kind)
-    batch = min(g.batch_size, len(keep))
+    batch = effective_batch(g.batch_size, len(keep))
     state = fit(state=state, step_fn=step_fn, num_examples=len(keep), global_batch=batch,
                 make_batch=make_batch, epochs=g.epochs, seed=c.seed, checkpointer=ckpt,
                 checkpoint_every_epochs=g.checkpoint_every_epochs,

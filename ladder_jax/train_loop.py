@@ -41,6 +41,25 @@ def epoch_batches(
         yield make_batch(rows)
 
 
+def effective_batch(requested: int, num_examples: int) -> int:
+    """The global batch actually used: at most the data size, a multiple of the devices.
+
+    Only tiny (smoke / test) datasets are affected; the paper's batch sizes
+    are kept whenever the data has at least that many examples and the
+    device count divides them.
+    """
+    devices = jax.device_count()
+    b = min(requested, num_examples)
+    b -= b % devices
+    if b < 1:
+        raise ValueError(f"need at least {devices} training examples (one per device), got "
+                         f"{num_examples}")
+    if requested % devices and requested <= num_examples:
+        raise ValueError(f"batch size {requested} must be divisible by the number of "
+                         f"devices ({devices})")
+    return b
+
+
 @functools.lru_cache(maxsize=None)
 def _jit_step(step_fn: Callable) -> Callable:
     # Reusing one jit wrapper per step function lets rows that share a step
