@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from advcore.models import conv_ops
+
 Initializer = Callable[..., jax.Array]
 
 # PyTorch's default Conv/Linear weight init: kaiming_uniform(a=sqrt(5)) gives
@@ -113,12 +115,13 @@ class Conv2d(nn.Module):
             "kernel", self.kernel_init, (k, k, in_features, self.features), jnp.float32
         )
         p = self.padding
-        y = lax.conv_general_dilated(
+        # conv_ops.conv2d == lax.conv_general_dilated(NHWC, HWIO, NHWC), with an
+        # input gradient XLA:CPU runs fast inside loops (see conv_ops).
+        y = conv_ops.conv2d(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            (self.stride, self.stride),
+            ((p, p), (p, p)),
         )
         if self.use_bias:
             bias_init = self.bias_init or torch_bias_init(in_features * k * k)
