@@ -1,0 +1,144 @@
+"""Speed levers must not change the numbers: the LBGAT step, plain vs fast forms.
+
+The plain formulation is ``lax.conv_general_dilated`` with JAX's own VJP and
+the PGD loop as a rolled ``lax.fori_loop`` (unroll=1). The levers kept in the
+library are checked against it:
+
+* ``advcore.models.conv_ops`` 'canonical' VJP (the input gradient as a
+  canonical NHWC/HWIO convolution, which XLA:CPU runs with its fast
+  convolution library even inside the PGD while-loop);
+* the loop form (``attack.unroll`` 1 / 2 / full).
+
+fp32: loss, metrics and both models' parameters after a step agree to 1e-5.
+bf16 (``precision='bfloat16'``: bf16 compute, fp32 parameters and
+accumulation) is compared with fp32 under the documented bound below.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advcore import optim as optim_lib
+from advcore import parallel
+from advcore.models import conv_ops
+from configs.lbgat import cifar10
+from lbgat_jax import state as state_lib
+from lbgat_jax import step as step_lib
+from lbgat_jax.methods import get_method
+
+FP32_TOL = dict(rtol=1e-5, atol=1e-5)
+# bf16 compute (8-bit mantissa, ~3e-3 relative per rounding) through a 10-layer
+# WRN, 3 PGD steps and one SGD step: the loss stays within 5% and the
+# parameter *updates* point the same way (cosine > 0.9).
+BF16_LOSS_RTOL = 5e-2
+BF16_UPDATE_COSINE = 0.9
+
+
+@pytest.fixture(autouse=True)
+def _restore_conv_impl():
+    yield
+    conv_ops.set_conv_impl(None)
+
+
+def tiny_config(unroll=1, precision="float32", num_steps=3):
+    c = cifar10.get_config("lbgat_trades,smoke")  # WRN-10-1 pair
+    c.batch_size = 8
+    c.attack.num_steps = num_steps
+    c.attack.unroll = unroll
+    c.precision = precision
+    return c
+
+
+def one_step(config, conv_impl, batch_np):
+    conv_ops.set_conv_impl(conv_impl)
+    method = get_method(config.method)
+    models = state_lib.build_models(config, method, 10)
+    schedule = optim_lib.epoch_piecewise_schedule(0.1, 10)
+    tx = optim_lib.torch_sgd(schedule, 0.9, 2e-4)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    state = state_lib.create_train_state(config, models, tx, jax.random.PRNGKey(0), (32, 32, 3))
+    state = parallel.replicate(state, mesh)
+    step = step_lib.make_train_step(config, method, models, tx, schedule, mesh)
+    before = jax.device_get(state)  # the step donates its state
+    new_state, metrics = step(state, parallel.shard_batch(batch_np, mesh))
+    return before, jax.device_get(new_state), jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def batch_np():
+    rng = np.random.default_rng(0)
+    return {"image": rng.uniform(0, 1, (8, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, (8,)).astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def reference(batch_np):
+    out = one_step(tiny_config(unroll=1), "plain", batch_np)
+    conv_ops.set_conv_impl(None)
+    return out
+
+
+def assert_same_step(a, b):
+    _, sa, ma = a
+    _, sb, mb = b
+    for k in ("loss", "grad_norm", "loss/boundary", "train/adv_acc"):
+        if k in ma:
+            np.testing.assert_allclose(ma[k], mb[k], err_msg=k, **FP32_TOL)
+    for tree in ("robust", "natural"):
+        for x, y in zip(jax.tree.leaves(getattr(sa, tree)), jax.tree.leaves(getattr(sb, tree))):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), **FP32_TOL)
+
+
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 3)])
+def test_canonical_conv_vjp_equals_jax(stride, padding, k):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 4, 6))
+    pads = ((padding, padding), (padding, padding))
+
+    def f(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, (stride, stride), pads)))
+
+    plain = jax.grad(f(conv_ops._plain), (0, 1))(x, w)
+    canon = jax.grad(f(conv_ops._canonical), (0, 1))(x, w)
+    for a, b in zip(plain, canon):
+        np.testing.assert_allclose(a, b, **FP32_TOL)
+    # ...also where it matters: inside a while loop.
+    loop = lambda fn: jax.jit(lambda x, w: jax.lax.fori_loop(  # noqa: E731
+        0, 2, lambda i, z: z + 0.1 * jax.grad(f(fn))(z, w), x))
+    np.testing.assert_allclose(loop(conv_ops._plain)(x, w), loop(conv_ops._canonical)(x, w),
+                               **FP32_TOL)
+
+
+def test_conv_impl_selection(monkeypatch):
+    monkeypatch.setenv("ADVCORE_CONV_IMPL", "plain")
+    assert conv_ops.conv_impl() == "plain"
+    monkeypatch.setenv("ADVCORE_CONV_IMPL", "auto")
+    assert conv_ops.conv_impl() == ("canonical" if jax.default_backend() == "cpu" else "plain")
+    conv_ops.set_conv_impl("canonical")
+    assert conv_ops.conv_impl() == "canonical"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        conv_ops.set_conv_impl("winograd")
+
+
+@pytest.mark.parametrize("conv_impl,unroll", [("canonical", 1), ("canonical", 3), ("plain", 3)])
+def test_fast_forms_match_the_plain_step(reference, batch_np, conv_impl, unroll):
+    assert_same_step(reference, one_step(tiny_config(unroll=unroll), conv_impl, batch_np))
+
+
+def test_bfloat16_step_within_documented_bound(reference, batch_np):
+    before, s32, m32 = reference
+    _, s16, m16 = one_step(tiny_config(precision="bfloat16"), "canonical", batch_np)
+    assert np.isfinite(m16["loss"]) and bool(m16["params_finite"])
+    np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=BF16_LOSS_RTOL)
+    # Master weights stay fp32.
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.robust.params))
+    for tree in ("robust", "natural"):
+        d32 = np.concatenate([np.ravel(a - b) for a, b in zip(
+            jax.tree.leaves(getattr(s32, tree).params), jax.tree.leaves(getattr(before, tree).params))])
+        d16 = np.concatenate([np.ravel(a - b) for a, b in zip(
+            jax.tree.leaves(getattr(s16, tree).params), jax.tree.leaves(getattr(before, tree).params))])
+        cosine = float(d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16)))
+        assert cosine > BF16_UPDATE_COSINE, (tree, cosine)
