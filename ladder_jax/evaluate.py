@@ -32,7 +32,7 @@ from ladder_jax.classifier import accuracy
 from ladder_jax.context import Context
 from ladder_jax.finetune import DISPLAY_NAMES
 from ladder_jax.stages import run_generation, run_unit
-from ladder_jax.workdir import stable_hash
+from ladder_jax.workdir import name_seed, stable_hash
 
 COLUMNS = {"fgsm": "FGSM", "jsma": "JSMA", "pgd": "PGD", "cw": "CW", "aa": "AA"}
 PAPER_ORDER = ("fgsm", "jsma", "pgd", "cw", "aa")  # Tables 1-4 (Song et al. not implemented)
@@ -95,17 +95,19 @@ def stage_evaluate(ctx: Context, force: bool = False) -> dict:
     ev = ctx.config.evaluate
     images, labels, idx = _test_subset(ctx)
     set_keys: list[str] = []
-    for i, key in enumerate(ev.attacks):
-        fp = ctx.wd.unit_fingerprint("evaluate", {"testset": key})
+    wd = ctx.wd
+    for key in ev.attacks:
+        # Crafted against the vanilla model: independent of every later stage.
+        fp = stable_hash({"classifier": wd.stage_fingerprint("classifier"),
+                          "attack": wd.section_hash(f"attacks.{key}", "evaluate.num_images",
+                                                    "evaluate.attack_batch_size")})
         run_unit(ctx, f"testset/{key}", fp,
                  functools.partial(attack_sets.craft_attack_set, ctx, key, images, labels, idx,
-                                   "test", 700 + i), force)
+                                   "test", name_seed("testset/" + key)), force)
         set_keys.append(key)
     if ev.ladder_attack:
-        fp = ctx.wd.unit_fingerprint("evaluate", {"testset": "ladder",
-                                                  "eps": ctx.config.finetune.eps,
-                                                  "generate": ctx.wd.stage_fingerprint(
-                                                      "generate")})
+        fp = stable_hash({"generate": wd.stage_fingerprint("generate"),
+                          "settings": wd.section_hash("finetune.eps", "evaluate.num_images")})
         run_unit(ctx, "testset/ladder", fp, functools.partial(_craft_ladder_test_set, ctx),
                  force)
         set_keys.append("ladder")

@@ -36,6 +36,7 @@ from ladder_jax.context import Context
 from ladder_jax.stages import run_unit, selected_train_images
 from ladder_jax.train_loop import effective_batch, fit
 from ladder_jax.train_utils import host, open_checkpointer
+from ladder_jax.workdir import name_seed, stable_hash
 
 DISPLAY_NAMES = {
     "vanilla": "Vanilla", "fgsm": "FGSM Adv", "jsma": "JSMA Adv", "pgd": "PGD Adv",
@@ -60,14 +61,25 @@ def training_pairs(ctx: Context, row: str) -> tuple[np.ndarray, np.ndarray, np.n
 
 def stage_finetune(ctx: Context, force: bool = False) -> None:
     ft = ctx.config.finetune
-    for i, row in enumerate(ft.rows):
+    wd = ctx.wd
+    for row in ft.rows:
         if row in BASELINE_ROWS:
-            fp_set = ctx.wd.unit_fingerprint("finetune", {"trainset": row})
+            # The "X Adv." data depend on the vanilla model, the attack and the
+            # selected images only, not on the generator or the SVMs.
+            fp_set = stable_hash({
+                "classifier": wd.stage_fingerprint("classifier"),
+                "attack": wd.section_hash(f"attacks.{row}", "generate.per_class_cap",
+                                          "evaluate.attack_batch_size")})
             run_unit(ctx, f"trainset/{row}", fp_set,
-                     functools.partial(_craft_train_set, ctx, row, 500 + i), force)
-        fp = ctx.wd.unit_fingerprint("finetune", {"row": row})
+                     functools.partial(_craft_train_set, ctx, row,
+                                       name_seed("trainset/" + row)), force)
+            fp = stable_hash({"trainset": fp_set, "finetune": wd.section_hash("finetune"),
+                              "row": row})
+        else:
+            fp = wd.unit_fingerprint("finetune", {"row": row})
         run_unit(ctx, f"finetune/{row}", fp,
-                 functools.partial(_finetune_row, ctx, row, fp, 600 + i), force)
+                 functools.partial(_finetune_row, ctx, row, fp,
+                                   name_seed("finetune/" + row)), force)
 
 
 def _craft_train_set(ctx: Context, row: str, seed_offset: int) -> dict:
@@ -117,7 +129,8 @@ def _finetune_row(ctx: Context, row: str, fp: str, seed_offset: int) -> dict:
     state = fit(state=state, step_fn=step, num_examples=len(y), global_batch=batch,
                 make_batch=make_batch, epochs=ft.epochs, seed=c.seed + seed_offset,
                 checkpointer=ckpt, checkpoint_every_epochs=ft.checkpoint_every_epochs,
-                eval_fn=eval_fn, writer=MetricWriter(ctx.model_dir(row)),
+                eval_fn=eval_fn, eval_every_epochs=ft.checkpoint_every_epochs,
+                writer=MetricWriter(ctx.model_dir(row)),
                 progress=ctx.progress, desc=f"finetune/{row}")
     if ckpt.latest_step() is None:
         ckpt.save(0, state)

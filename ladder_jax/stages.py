@@ -24,6 +24,7 @@ from ladder_jax.classifier import (accuracy, create_state, init_classifier_vars,
                                    make_clean_step)
 from ladder_jax.context import Context
 from ladder_jax.train_loop import effective_batch, fit
+from ladder_jax.workdir import name_seed
 from ladder_jax.train_utils import (ModelVars, apply_model, host, open_checkpointer,
                                     restore_latest)
 
@@ -91,7 +92,8 @@ def stage_classifier(ctx: Context, force: bool = False) -> None:
                     global_batch=batch, make_batch=make_batch, epochs=c.classifier.epochs,
                     seed=c.seed, checkpointer=ckpt,
                     checkpoint_every_epochs=c.classifier.checkpoint_every_epochs,
-                    eval_fn=eval_fn, writer=MetricWriter(ctx.model_dir("vanilla")),
+                    eval_fn=eval_fn, eval_every_epochs=c.classifier.checkpoint_every_epochs,
+                    writer=MetricWriter(ctx.model_dir("vanilla")),
                     progress=ctx.progress, desc="vanilla")
         if ckpt.latest_step() is None:  # epochs == 0: still leave an evaluable model
             ckpt.save(0, state)
@@ -425,10 +427,11 @@ def run_generation(ctx: Context, variant: str, images: np.ndarray, z: np.ndarray
 
 def stage_generate(ctx: Context, force: bool = False) -> None:
     gc = ctx.config.generate
-    for i, variant in enumerate(gc.variants):
+    for variant in gc.variants:
         fp = ctx.wd.unit_fingerprint("generate", variant)
         run_unit(ctx, f"generate/{variant}", fp,
-                 functools.partial(_generate_variant, ctx, variant, 1000 + i), force)
+                 functools.partial(_generate_variant, ctx, variant,
+                                   name_seed("generate/" + variant)), force)
     fp = ctx.wd.unit_fingerprint("generate", {"sweep": list(gc.sweep_eps),
                                               "n": gc.sweep_num_images})
     run_unit(ctx, "generate/sweep", fp, functools.partial(_eps_sweep, ctx), force)

@@ -121,7 +121,8 @@ def fit(
         record["epoch"] = epoch + 1
         record["epoch_seconds"] = time.time() - t0
         last = epoch + 1 == epochs
-        if eval_fn is not None and (last or (eval_every_epochs and (epoch + 1) % eval_every_epochs == 0)):
+        due = bool(eval_every_epochs) and (epoch + 1) % eval_every_epochs == 0
+        if eval_fn is not None and (last or due):
             record.update({f"eval/{k}": v for k, v in eval_fn(state).items()})
         if writer is not None:
             writer.write((epoch + 1) * steps_per_epoch, record)

@@ -75,6 +75,12 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def name_seed(name: str) -> int:
+    """A stable per-name seed offset, so that adding or reordering rows, variants
+    or attacks leaves every other unit's random draws unchanged."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
+
+
 class Workdir:
     """Paths, fingerprints and markers of one LADDER run."""
 
@@ -101,6 +107,18 @@ class Workdir:
             upstream = [self.stage_fingerprint(u) for u in STAGE_UPSTREAM[stage]]
             self._cache[stage] = stable_hash({"sections": sections, "upstream": upstream})
         return self._cache[stage]
+
+    def section_hash(self, *names: str) -> str:
+        """Hash of config sections (or ``section.field`` paths), ignored leaves dropped."""
+        picked = {}
+        for name in names:
+            head, _, rest = name.partition(".")
+            value = self.config.get(head)
+            if rest:
+                for part in rest.split("."):
+                    value = value.get(part) if isinstance(value, dict) else None
+            picked[name] = _strip(value)
+        return stable_hash(picked)
 
     def unit_fingerprint(self, stage: str, extra: Any = None) -> str:
         """The stage fingerprint, refined by unit-specific ``extra`` settings."""

@@ -28,6 +28,7 @@ def get_config(arg=None):
     c.generator.epochs = 100
     c.generator.batch_size = 64
     c.generator.kinds = ("ae", "gan")
+    c.attacks.jsma.overrides.num_steps = 24576  # floor(H * W * C / 2)
     c.generate.per_class_cap = 1000
     c.generate.variants = ("ladder", "cavRandom", "random", "ladder_gan")
     c.generate.batch_size = 64
@@ -43,5 +44,8 @@ def get_config(arg=None):
     c.classifier.eval_batch_size = 200
     c.evaluate.batch_size = 200
     c.evaluate.attack_batch_size = 100
+    # Two classes: AutoAttack's DLR losses need >= 3 (targeted: >= 4) classes,
+    # so only its CE, FAB and Square stages apply [A].
+    c.attacks.aa.overrides = {"eps": 0.3, "attacks_to_run": ("apgd-ce", "fab", "square")}
     c = common.apply_variants(c, arg)
     return c

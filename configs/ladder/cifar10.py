@@ -30,6 +30,7 @@ def get_config(arg=None):
     c.generate.per_class_cap = -1
     c.generate.variants = ("ladder", "ladder_gan")
     c.finetune.rows = ("ladder", "ladder_gan", "trades_ladder", "fgsm", "jsma", "pgd", "cw")
+    c.attacks.jsma.overrides.num_steps = 1536  # floor(H * W * C / 2)
     c.finetune.lr = 0.001
     c.finetune.momentum = 0.9
     c.finetune.weight_decay = 5e-4

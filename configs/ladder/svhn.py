@@ -24,10 +24,13 @@ def get_config(arg=None):
     c.generator.loss = "l1"
     c.generator.epochs = 200
     c.generator.batch_size = 200
+    c.attacks.jsma.overrides.num_steps = 1536  # floor(H * W * C / 2)
     c.finetune.lr = 0.001
     c.finetune.momentum = 0.9
     c.finetune.weight_decay = 5e-4
     c.finetune.batch_size = 128
     c.finetune.trades_beta = 6.0
     c.latents.batch_size = 250
+    # 90 pairs x 4096^2 attention weights = 6 GB: train 10 pairs per program.
+    c.svm.pair_chunk_size = 10
     return common.apply_variants(c, arg)

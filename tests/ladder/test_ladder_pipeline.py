@@ -146,7 +146,8 @@ def test_config_change_redoes_only_affected_units(run_dir):
     old = {u: wd.read_marker(u)["fingerprint"] for u in wd.done_units()}
     main.run(c, run_dir, "finetune")
     new = {u: wd.read_marker(u)["fingerprint"] for u in wd.done_units()}
-    for unit in ("classifier", "latents", "generator/ae", "svm", "generate/ladder"):
+    for unit in ("classifier", "latents", "generator/ae", "svm", "generate/ladder",
+                 "trainset/fgsm", "testset/fgsm", "testset/jsma", "testset/ladder"):
         assert new[unit] == old[unit]
     for unit in ("finetune/ladder", "finetune/fgsm", "finetune/trades_ladder"):
         assert new[unit] != old[unit]
