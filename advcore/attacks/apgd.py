@@ -235,20 +235,26 @@ def _make_loss_grad(
 def _single_run(
     loss_grad: Callable, x: jax.Array, y: jax.Array, t: jax.Array, key: jax.Array, *,
     eps: float, norm: str, num_iters: int, rho: float, unroll: int,
+    x_init: Optional[jax.Array] = None,
 ) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Upstream ``attack_single_run`` for every point of the batch.
 
+    ``x_init`` replaces the random start (upstream's ``x_init``; used by the
+    PyTorch cross-check to run both implementations from the same point).
     Returns ``(x_best, acc, loss_best, x_best_adv)``: the highest-loss point,
     whether the point was never misclassified along the run, the highest
     loss, and the last misclassified iterate (the start point if never).
     """
     k_init, k_loss = jax.random.split(key)
     batch = x.shape[0]
-    if norm == "linf":
-        u = jax.random.uniform(k_init, x.shape, x.dtype, minval=-1.0, maxval=1.0)
+    if x_init is not None:
+        x_adv = jnp.clip(x_init, 0.0, 1.0)
     else:
-        u = jax.random.normal(k_init, x.shape, x.dtype)
-    x_adv = jnp.clip(x + eps * _normalize(u, norm), 0.0, 1.0)
+        if norm == "linf":
+            u = jax.random.uniform(k_init, x.shape, x.dtype, minval=-1.0, maxval=1.0)
+        else:
+            u = jax.random.normal(k_init, x.shape, x.dtype)
+        x_adv = jnp.clip(x + eps * _normalize(u, norm), 0.0, 1.0)
 
     loss0, grad0, logits0 = loss_grad(x_adv, y, t, jax.random.fold_in(k_loss, 0))
     acc0 = jnp.argmax(logits0, axis=-1) == y
