@@ -317,7 +317,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
         tables.write_table(os.path.join(out, "ladder_table7_whitebox"), rows,
                            ["Clean", "FGSM", "PGD"],
                            title=f"White-box FGSM/PGD (ε=0.3) on each model, {dataset}, "
-                                 f"n={next(iter(wb.values()))['n']}")
+                                 f"first n={next(iter(wb.values()))['n']} test images")
         summary["whitebox"] = wb
     eps_rows = {}
     eps_root = os.path.join(root, "eps")
@@ -334,7 +334,9 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
             tables.write_table(os.path.join(out, "ladder_fig9_eps"), eps_rows,
                                ["Clean", "FGSM", "PGD"],
                                title=f"Fig. 9 analogue: LADDER fine-tuned at each ε, {dataset} "
-                                     f"(vanilla: {van})", row_header="ε")
+                                     f"(vanilla: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                               (van or {}).items()) + ")",
+                               row_header="ε")
             summary["fig9"] = {"rows": eps_rows, "vanilla": van}
             _plot_eps(eps_rows, van, os.path.join(out, "ladder_fig9_eps.png"),
                       f"{dataset} ({scale}): LADDER vs ε")
