@@ -289,15 +289,20 @@ def print_table(records: list[dict], columns: list[tuple[str, str, int]]) -> str
     return table
 
 
-def all_results() -> list[dict]:
-    """Every saved result file, oldest first."""
+def all_results(names: tuple[str, ...] = ("bench_lbgat", "bench_eval")) -> list[dict]:
+    """Every saved result file of the ``names`` benchmarks, oldest first."""
     payloads = []
-    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+    paths = [p for name in names for p in glob.glob(os.path.join(RESULTS_DIR, f"{name}_*.json"))]
+    for path in sorted(paths, key=_stamp):
         with open(path) as f:
             payload = json.load(f)
         payload["path"] = os.path.relpath(path, REPO)
         payloads.append(payload)
     return payloads
+
+
+def _stamp(path: str) -> str:
+    return os.path.basename(path).rsplit("_", 1)[-1]
 
 
 TITLES = {
