@@ -165,6 +165,7 @@ SCHEMA: dict[str, Callable[[str, Any], None]] = {
     "generator.grid_images": _int(1),
     "generator.mse_eval_limit": _int(1),
     "generator.checkpoint_every_epochs": _int(1),
+    "generator.microbatch": _int(0),
     "svm.samples_per_class": _int(2),
     "svm.test_size": _num(0, 1, lo_open=True, hi_open=True),
     "svm.c": _num(0, lo_open=True),
@@ -262,6 +263,14 @@ def validate_config(config: Any) -> None:
             raise ValueError(f"finetune.rows contains {row!r}, which needs generate."
                              f"variants to contain {needed!r}; got "
                              f"{tuple(flat['generate.variants'])}")
+    mb = flat["generator.microbatch"]
+    if mb and (flat["generator.arch"] != "mnist" or "gan" in flat["generator.kinds"]):
+        raise ValueError("generator.microbatch > 0 needs the BatchNorm-free MNIST generator "
+                         f"without 'gan' (got arch={flat['generator.arch']!r}, kinds="
+                         f"{tuple(flat['generator.kinds'])}); use 0")
+    if mb and flat["generator.batch_size"] % mb:
+        raise ValueError(f"generator.microbatch ({mb}) must divide generator.batch_size "
+                         f"({flat['generator.batch_size']})")
     eps_list = tuple(flat["generate.eps_list"])
     if flat["finetune.eps"] not in eps_list:
         raise ValueError(f"finetune.eps must be one of generate.eps_list {eps_list}, "

@@ -208,6 +208,11 @@ def generate(
         raise ValueError("some (source, target) pairs have no trained SVM")
     out: dict[str, np.ndarray] = {}
     groups = [(p, np.nonzero(pair_ids == p)[0]) for p in np.unique(pair_ids)]
+    # One chunk shape for all calls (one compilation), but no bigger than the
+    # largest pair group needs: MNIST's ~50 images per pair would otherwise be
+    # padded to the full batch size.
+    largest = max(len(g) for _, g in groups)
+    batch_size = min(batch_size, -(-largest // 8) * 8)
     total = sum(-(-len(g) // batch_size) for _, g in groups)
     bar = tqdm(total=total, desc="generate", disable=not progress, leave=False)
     for p, rows in groups:

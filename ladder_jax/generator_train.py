@@ -91,16 +91,54 @@ def make_train_step(
     d_tx: optax.GradientTransformation,
     norm: str,
     gan_lambda: float,
+    microbatch: int = 0,
 ) -> Callable:
-    """``step(state, z, target) -> (state, metrics)`` (to be jitted)."""
+    """``step(state, z, target) -> (state, metrics)`` (to be jitted).
+
+    ``microbatch`` > 0 (reconstruction-only generators without BatchNorm)
+    computes the batch gradient as the mean of equal microbatch gradients
+    in an unrolled ``lax.scan``: the same update up to float rounding, but activations
+    that fit in the CPU caches (on a 2-core CPU the MNIST generator runs ~5x
+    faster per image at 16 than at 256 images). Off by default; pointless on
+    accelerators.
+    """
+
+    def loss_fn(gp, g_vars, z, target):
+        out, g_bs = apply_model(gen, g_vars, z, train=True, params=gp)
+        return reconstruction_loss(out, target, norm), g_bs
+
+    def microbatched_grads(state: GeneratorState, z, target):
+        b = z.shape[0]
+        n = b // microbatch
+        # Microbatch i holds rows i, i + n, ...: the leading (data-sharded)
+        # axis stays the batch axis and the scan runs over an unsharded one.
+        zs = jnp.swapaxes(z.reshape((microbatch, n) + z.shape[1:]), 0, 1)
+        ts = jnp.swapaxes(target.reshape((microbatch, n) + target.shape[1:]), 0, 1)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def body(acc, inp):
+            (l, _), g = grad_fn(state.g.params, state.g, *inp)
+            return jax.tree.map(jnp.add, acc, (l, g)), None
+
+        zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.g.params))
+        # Unrolled: XLA:CPU runs convolutions inside a while-loop body several
+        # times slower than straight-line code (DESIGN.md, Conventions).
+        (loss_sum, grad_sum), _ = jax.lax.scan(body, zero, (zs, ts), unroll=True)
+        return loss_sum / n, jax.tree.map(lambda g: g / n, grad_sum)
 
     def ae_step(state: GeneratorState, z, target):
-        def loss_fn(gp):
-            out, g_bs = apply_model(gen, state.g, z, train=True, params=gp)
-            rec = reconstruction_loss(out, target, norm)
-            return rec, g_bs
-
-        (rec, g_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g.params)
+        b = z.shape[0]
+        # Same update either way, so a batch the microbatch does not divide
+        # (a tiny dataset shrank it) simply runs whole.
+        if microbatch and microbatch < b and b % microbatch == 0:
+            if state.g.batch_stats:
+                raise ValueError("generator.microbatch needs a generator without BatchNorm "
+                                 "(BN statistics would become per-microbatch); use 0")
+            rec, grads = microbatched_grads(state, z, target)
+            g_bs = state.g.batch_stats
+        else:
+            (rec, g_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.g.params, state.g, z, target)
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g.params)
         g = ModelVars(optax.apply_updates(state.g.params, updates), g_bs)
         state = state.replace(step=state.step + 1, g=g, g_opt=g_opt)

@@ -16,6 +16,7 @@ import time
 from typing import Any, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from ladder_jax.config_schema import STAGES
@@ -62,7 +63,14 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Orbax and tfds log every file operation at INFO; keep the console for
+    # the stage log, the progress bars and the tables.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    log.setLevel(logging.INFO)
+    # Multi-host runs (JAX_COORDINATOR_ADDRESS etc.) must initialise first.
+    from advcore import parallel
+
+    parallel.initialize_distributed()
     run(_CONFIG.value, _WORKDIR.value, _STAGE.value, _FORCE.value)
 
 

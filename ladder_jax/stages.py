@@ -235,7 +235,8 @@ def _train_generator(ctx: Context, kind: str, fp: str) -> dict:
         keep = np.sort(rng.permutation(n_all)[: int(g.train_fraction * n_all)])
     gen, disc, g_tx, d_tx, state = _generator_target_state(ctx, kind, int(z_all.shape[1]))
     ckpt = _generator_ckpt(ctx, kind, fp)
-    step = generator_train.make_train_step(gen, disc, g_tx, d_tx, g.loss, g.gan_lambda)
+    step = generator_train.make_train_step(gen, disc, g_tx, d_tx, g.loss, g.gan_lambda,
+                                           microbatch=g.microbatch if kind == "ae" else 0)
 
     def step_fn(st, batch):
         return step(st, batch["z"], batch["target"])
