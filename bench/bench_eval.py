@@ -38,8 +38,9 @@ COLUMNS = [
     ("img_per_s", "img/s (wall)", 2),
     ("img_per_s_best_step", "img/s (best batch)", 2),
     ("img_per_cpu_s", "img/s (CPU-time est.)", 2),
-    ("achieved_gflops", "GFLOP/s", 1),
-    ("fraction_of_peak", "of peak", 3),
+    ("achieved_gflops", "GFLOP/s (wall)", 1),
+    ("achieved_gflops_cpu_est", "GFLOP/s (CPU est.)", 0),
+    ("fraction_of_peak", "of 340 peak (wall)", 3),
     ("peak_rss_mib", "peak RSS MiB", 0),
     ("loadavg_before", "load", 1),
 ]
