@@ -13,8 +13,6 @@ Multi-host: pass ``--coordinator_address``, ``--num_processes`` and
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import os
 
 from absl import app, flags, logging
@@ -31,31 +29,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def apply_overrides(config, overrides: dict):
-    """Returns a copy of ``config`` with dotted-path ``overrides`` applied."""
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        for path, value in overrides.items():
-            node = config
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node[p]
-            if leaf not in node:
-                raise ValueError(f"sweep override {path!r} names no config field")
-            node[leaf] = value
-    return config
-
-
-def _load_sweep(config_flag_value: str) -> list[dict]:
-    path = config_flag_value.split(":")[0]
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"--sweep: {path} defines no get_sweep()")
-    return module.get_sweep()
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -68,18 +41,17 @@ def main(argv):
     parallel.initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
     )
-    from lbgat_jax import train
+    from lbgat_jax import sweeps, train
 
     config = _CONFIG.value
     if not _SWEEP.value:
         train.train_and_evaluate(config, _WORKDIR.value)
         return
     raw_flag = flags.FLAGS["config"].config_filename
-    for i, overrides in enumerate(_load_sweep(raw_flag)):
-        name = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items())
-        workdir = os.path.join(_WORKDIR.value, f"{i:02d}_{name}")
+    for i, overrides in enumerate(sweeps.load_sweep(raw_flag)):
+        workdir = os.path.join(_WORKDIR.value, sweeps.run_name(i, overrides))
         print(f"== sweep run {i}: {overrides} -> {workdir}")
-        train.train_and_evaluate(apply_overrides(config, overrides), workdir)
+        train.train_and_evaluate(sweeps.apply_overrides(config, overrides), workdir)
 
 
 if __name__ == "__main__":

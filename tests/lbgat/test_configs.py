@@ -51,7 +51,7 @@ def test_every_config_and_variant_validates(path, variant):
 
 
 def test_sweep_entries_apply_to_the_config():
-    from lbgat_jax.main import apply_overrides
+    from lbgat_jax.sweeps import apply_overrides
 
     module = load_module(os.path.join(CONFIG_DIR, "ablations.py"))
     base = module.get_config("cifar10")
@@ -62,6 +62,13 @@ def test_sweep_entries_apply_to_the_config():
     assert configs[2].loss.boundary == "kl" and configs[3].loss.extra_robust_ce == "clean"
     with pytest.raises(ValueError, match="names no config field"):
         apply_overrides(base, {"loss.alhpa": 1.0})
+    from lbgat_jax import sweeps
+
+    path = os.path.join(CONFIG_DIR, "ablations.py")
+    assert sweeps.load_sweep(path + ":cifar10") == module.get_sweep()
+    assert sweeps.run_name(2, {"loss.boundary": "kl"}) == "02_boundary-kl"
+    with pytest.raises(ValueError, match="defines no get_sweep"):
+        sweeps.load_sweep(os.path.join(CONFIG_DIR, "cifar10.py"))
 
 
 @pytest.mark.parametrize("field,value,message", [
