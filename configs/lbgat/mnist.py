@@ -21,9 +21,9 @@ def mnist_base(name: str = "mnist", eps: float = 0.3) -> ml_collections.ConfigDi
     c.attack.eps = eps
     c.attack.step_size = 0.01
     c.attack.num_steps = 40
-    # SmallCNN's PGD loop is far slower rolled on XLA:CPU (max-pool gradients
-    # in a while body): one TRADES step took 15.9 s with unroll=1 and 2.1 s
-    # with unroll=5 in the CPU-scale study (experiments/RESULTS.md).
+    # SmallCNN's PGD loop is far slower rolled on XLA:CPU (not profiled yet):
+    # one TRADES step took 15.9 s with unroll=1 and 2.1 s with unroll=5 in the
+    # CPU-scale study, on a shared machine (experiments/RESULTS.md).
     c.attack.unroll = 5
     c.optim.lr = 0.01
     c.optim.weight_decay = 0.0
