@@ -2,7 +2,7 @@
 
     python -m lbgat_jax.demo --workdir=runs/demo
 
-Trains both methods from ``configs/lbgat/mnist.py:demo`` (a 3k-example subset
+Trains both methods from ``configs/lbgat/mnist.py:demo`` (a 4k-example subset
 of real MNIST, SmallCNN, ε = 0.3) and prints one clean / PGD-20 table. Each run
 resumes if interrupted. The numbers are indicative only: the paper-scale
 protocol is in README ("Reproducing the papers").
