@@ -38,6 +38,7 @@ COLUMNS = [
     ("img_per_s", "img/s (wall)", 2),
     ("img_per_s_best_step", "img/s (best batch)", 2),
     ("img_per_cpu_s", "img/s (CPU-time est.)", 2),
+    ("img_per_s_idle_est", "img/s (idle est.)", 2),
     ("achieved_gflops", "GFLOP/s (wall)", 1),
     ("achieved_gflops_cpu_est", "GFLOP/s (CPU est.)", 0),
     ("fraction_of_peak", "of 340 peak (wall)", 3),

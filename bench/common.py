@@ -11,6 +11,10 @@ Figures recorded per configuration (see ``timed_steps``):
 * ``compile_s``: ``lower`` + ``compile`` of the jitted program, timed apart;
 * ``img_per_s``: images per wall-clock second over the timed steps (after
   ``warmup`` untimed steps);
+* ``img_per_s_idle_est``: images / max(process CPU time / cores, CPU time of
+  the busiest thread): an estimate of the idle-machine rate that does not
+  assume every core is kept busy (XLA:CPU's YNNPACK convolutions run mostly on
+  one thread, so ``img_per_cpu_s`` alone overstates them);
 * ``img_per_cpu_s``: images per *process CPU* second times the core count,
   i.e. the rate an otherwise idle machine would give if the program kept all
   cores busy. On a shared machine (other jobs running) wall-clock rates drop
@@ -135,6 +139,20 @@ def flops_of(stage) -> Optional[float]:
     return float(cost["flops"])
 
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process (Linux)."""
+    out = {}
+    hz = os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[tid] = (int(fields[11]) + int(fields[12])) / hz
+    except OSError:
+        pass
+    return out
+
+
 def timed_steps(
     run_step: Callable[[Any], Any],
     carry: Any,
@@ -152,6 +170,7 @@ def timed_steps(
     for _ in range(warmup):
         carry = block(run_step(carry))
     load_before = loadavg()
+    threads0 = thread_cpu_seconds()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     per_step = []
     for _ in range(steps):
@@ -163,8 +182,14 @@ def timed_steps(
     carry = block(carry)
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
+    threads1 = thread_cpu_seconds()
+    per_thread = sorted((threads1[t] - threads0.get(t, 0.0) for t in threads1), reverse=True)
+    busiest = per_thread[0] if per_thread else cpu
     cores = os.cpu_count() or 1
     images = steps * images_per_step
+    # An idle machine cannot finish before the busiest thread has run, nor
+    # before all the CPU time is spread over every core.
+    idle_wall = max(cpu / cores, busiest)
     figures = {
         "steps": steps,
         "warmup": warmup,
@@ -172,6 +197,9 @@ def timed_steps(
         "cpu_s": cpu,
         "img_per_s": images / wall,
         "img_per_cpu_s": images / (cpu / cores) if cpu > 0 else float("nan"),
+        "busiest_thread_s": busiest,
+        "thread_cpu_s": per_thread[:4],
+        "img_per_s_idle_est": images / idle_wall if idle_wall > 0 else float("nan"),
         "step_s_min": min(per_step) if per_step else wall / steps,
         "step_s_median": sorted(per_step)[len(per_step) // 2] if per_step else wall / steps,
         "img_per_s_best_step": images_per_step / min(per_step) if per_step else images / wall,
