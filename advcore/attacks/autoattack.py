@@ -24,10 +24,11 @@ Versions (L-inf; attack settings as upstream ``set_version``):
 Speed: upstream attacks only the still-robust subset; with fixed shapes that
 would mean paying for the whole batch at every stage. ``compact=n`` sorts the
 robust points to the front and runs each stage on the smallest of ``n``
-power-of-two batch buckets (``B, B/2, ..., B/2**(n-1)``) that holds them,
+evenly spaced batch buckets (``ceil(B k / n)``, ``k = 1..n``) that holds them,
 chosen by ``lax.switch`` at run time. That keeps the cascade jit-able, at the
 price of compiling each stage ``n`` times; ``compact=1`` (no compaction)
-compiles fastest.
+compiles fastest. Even spacing suits robust models (30-60% of the points
+survive the first stage); e.g. ``B = 64``, ``n = 4`` gives 16/32/48/64.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def version_attacks(version: str) -> Tuple[str, ...]:
 
 
 def _bucket_sizes(batch: int, compact: int) -> Tuple[int, ...]:
-    """Ascending distinct bucket sizes ``ceil(B / 2**j)``, ``j < compact``."""
-    return tuple(sorted({max(1, math.ceil(batch / 2 ** j)) for j in range(compact)}))
+    """Ascending distinct bucket sizes ``ceil(B k / compact)``, ``k = 1..compact``."""
+    return tuple(sorted({max(1, math.ceil(batch * k / compact)) for k in range(1, compact + 1)}))
 
 
 def _compacted(
@@ -137,8 +138,8 @@ def autoattack(
       restarts, eot_iters: override the version's APGD-CE/-DLR and FAB
         restarts / EOT (None: the version's; APGD-T and FAB-T always use 1).
       stochastic: whether ``logits_fn`` takes a key (randomised defences).
-      compact: number of power-of-two batch buckets for running each stage on
-        the still-robust points only (1: no compaction; module docstring).
+      compact: number of batch buckets for running each stage on the
+        still-robust points only (1: no compaction; module docstring).
       unroll: ``fori_loop`` unroll factor inside APGD / FAB.
 
     Returns:

@@ -118,11 +118,12 @@ def test_compaction_routes_points_correctly():
     x = jnp.arange(8.0)[:, None]
     y = jnp.zeros((8,), jnp.int32)
     active = jnp.array([0, 1, 0, 0, 1, 0, 0, 0], bool)
-    adv, robust = jax.jit(lambda a: _compacted(stage, x, y, jax.random.key(0), a, 3))(active)
-    assert sorted(seen) == [2, 4, 8]
+    adv, robust = jax.jit(lambda a: _compacted(stage, x, y, jax.random.key(0), a, 4))(active)
+    assert sorted(seen) == [2, 4, 6, 8]
     np.testing.assert_array_equal(adv[:, 0], np.arange(8.0) + 10.0 * np.asarray(active))
     np.testing.assert_array_equal(robust, ~np.asarray(active))
-    assert _bucket_sizes(64, 3) == (16, 32, 64) and _bucket_sizes(5, 4) == (1, 2, 3, 5)
+    assert _bucket_sizes(64, 4) == (16, 32, 48, 64) and _bucket_sizes(5, 4) == (2, 3, 4, 5)
+    assert _bucket_sizes(64, 1) == (64,)
 
 
 def test_compacted_cascade_matches_masked_for_deterministic_stage(params, data):
