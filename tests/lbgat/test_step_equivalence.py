@@ -92,7 +92,9 @@ def assert_same_step(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), **FP32_TOL)
 
 
-@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 3)])
+# padding 0 takes the padded-and-sliced path (conv_ops docstring).
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 3),
+                                              (2, 0, 3), (1, 0, 5)])
 def test_canonical_conv_vjp_equals_jax(stride, padding, k):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 4, 6))
