@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from advcore.models import layers
+from advcore.models.pooling import max_pool
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -68,8 +69,8 @@ class LeNet(nn.Module):
         if self.normalize:
             out = (out - MNIST_MEAN) / MNIST_STD
         out = out.astype(self.dtype)
-        out = nn.max_pool(nn.relu(self.conv1(out)), (2, 2), strides=(2, 2))
-        out = nn.max_pool(nn.relu(self.conv2(out)), (2, 2), strides=(2, 2))
+        out = max_pool(nn.relu(self.conv1(out)), 2)
+        out = max_pool(nn.relu(self.conv2(out)), 2)
         return self.fc1(layers.flatten_chw(out)).astype(jnp.float32)
 
     def classify(self, z: jax.Array, train: bool = False) -> jax.Array:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from advcore.models import layers
+from advcore.models.pooling import max_pool
 
 
 class SmallCNN(nn.Module):
@@ -74,10 +75,10 @@ class SmallCNN(nn.Module):
         out = jnp.asarray(x, jnp.float32).astype(self.dtype)
         out = nn.relu(self.conv1(out))
         out = nn.relu(self.conv2(out))
-        out = nn.max_pool(out, (2, 2), strides=(2, 2))
+        out = max_pool(out, 2)
         out = nn.relu(self.conv3(out))
         out = nn.relu(self.conv4(out))
-        out = nn.max_pool(out, (2, 2), strides=(2, 2))
+        out = max_pool(out, 2)
         return layers.flatten_chw(out).astype(jnp.float32)
 
     def classify(self, z: jax.Array, train: bool) -> jax.Array:

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from advcore.models import layers
+from advcore.models.pooling import max_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,7 +89,7 @@ class ConvStack(nn.Module):
         i = 0
         for item in self.cfg:
             if item == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, 2)
                 continue
             x = layers.Conv2d(
                 _scaled(int(item), self.width_multiplier), 3, 1, 1,
