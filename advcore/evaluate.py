@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from advcore import parallel
 
@@ -30,8 +31,24 @@ LogitsApply = Callable[[dict, jax.Array], jax.Array]
 Attack = Callable[..., jax.Array]
 
 
+def is_shard_local(attack: Optional[Attack]) -> bool:
+    """Whether ``attack`` asks to run per device shard (``attack.shard_local``)."""
+    return bool(getattr(attack, "shard_local", False))
+
+
 def _make_eval_fn(apply_fn: LogitsApply, attack: Optional[Attack], mesh: Mesh):
-    """jit(variables, images, labels, mask, key) -> per-example correctness."""
+    """jit(variables, images, labels, key) -> per-example correctness.
+
+    By default the attack is one program over the global batch, partitioned
+    by the compiler (its random draws do not depend on the device layout).
+    A ``shard_local`` attack (AutoAttack: ``advcore.attacks.autoattack``)
+    instead runs independently on each device's shard under ``jax.shard_map``
+    with the key folded with the device index: its cost depends on which
+    points are still robust (compaction, early exits), and a partitioned
+    program would gather the global batch for that and lose the parallelism.
+    Its random starts then depend on the number of devices (like upstream's
+    dependence on the batch size), not its per-point rules.
+    """
 
     def run(variables, images, labels, key):
         logits_fn = lambda x: apply_fn(variables, x)  # noqa: E731
@@ -40,6 +57,16 @@ def _make_eval_fn(apply_fn: LogitsApply, attack: Optional[Attack], mesh: Mesh):
 
     repl = parallel.replicated(mesh)
     data = parallel.data_sharded(mesh)
+    if is_shard_local(attack) and mesh.devices.size > 1:
+        axis = mesh.axis_names[0]
+
+        def run_local(variables, images, labels, key):
+            return run(variables, images, labels,
+                       jax.random.fold_in(key, jax.lax.axis_index(axis)))
+
+        local = jax.shard_map(run_local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P()),
+                              out_specs=P(axis), check_vma=False)
+        return jax.jit(local, in_shardings=(repl, data, data, repl), out_shardings=data)
     return jax.jit(run, in_shardings=(repl, data, data, repl), out_shardings=data)
 
 

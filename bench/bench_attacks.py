@@ -2,6 +2,7 @@
 
     python -m bench.bench_attacks                       # small_cnn (MNIST) + wrn16_4
     python -m bench.bench_attacks --models=small_cnn --n=64
+    python -m bench.bench_attacks --models=small_cnn --attacks=aa --compact=4 --devices=1,2
     python -m bench.bench_attacks --models=wrn16_4 --n_wrn=16 --compact_wrn=1,4
 
 Models:
@@ -36,6 +37,7 @@ the PyTorch implementation on the *same* weights when torch is importable.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -48,6 +50,7 @@ COLUMNS = [
     ("attack", "attack", 0),
     ("n", "images", 0),
     ("compact", "compact", 0),
+    ("devices", "devices", 0),
     ("compile_s", "compile s", 1),
     ("run_s", "run s", 2),
     ("img_per_s", "img/s (wall)", 2),
@@ -237,6 +240,10 @@ def compare_single_run(torch_npz: str, train_steps: int) -> dict:
 
 def run_child(spec: dict) -> dict:
     import jax
+
+    devices = spec.get("devices", 1)
+    if devices > 1:  # before the first JAX operation
+        jax.config.update("jax_num_cpu_devices", devices)
     import jax.numpy as jnp
 
     from advcore.attacks.autoattack import autoattack, version_attacks
@@ -264,6 +271,33 @@ def run_child(spec: dict) -> dict:
                               unroll=spec["unroll"], return_details=True)
 
     jitted = jax.jit(attack)
+    if devices > 1:
+        # As advcore.evaluate runs AutoAttack (shard_local): each simulated
+        # CPU device attacks its own shard with its own folded key. PGD-20 is
+        # run the same way here (no data-dependent cost: only the layout).
+        from jax.sharding import PartitionSpec as P
+
+        from advcore import parallel
+
+        mesh = parallel.make_mesh(jax.devices()[:devices])
+        if spec["n"] % devices:
+            raise ValueError(f"n={spec['n']} must be divisible by devices={devices}")
+
+        def local(p, x, y, k):
+            return attack(p, x, y, jax.random.fold_in(k, jax.lax.axis_index("data")))
+
+        out_specs = P("data") if spec["attack"] == "pgd20" else (P("data"), P())
+        if spec["attack"] != "pgd20":
+            # Per-shard details are shard means; only x_adv is kept from them.
+            def local(p, x, y, k, _inner=local):  # noqa: F811
+                x_adv, details = _inner(p, x, y, k)
+                return x_adv, {k_: jax.lax.pmean(v, "data") for k_, v in details.items()
+                               if k_ != "robust"}
+        jitted = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data"), P()),
+                                       out_specs=out_specs, check_vma=False))
+        x, y = (jax.device_put(a, parallel.data_sharded(mesh)) for a in (x, y))
+        params = jax.device_put(params, parallel.replicated(mesh))
+    record["devices"] = devices
     compiled, compile_s, _ = common.compile_timed(jitted, params, x, y, key)
     record["compile_s"] = compile_s
     load_before = common.loadavg()
@@ -316,6 +350,9 @@ def main(argv=None) -> None:
     parser.add_argument("--compact_wrn", default="1",
                         help="the same for wrn16_4 (1 keeps its compile time down)")
     parser.add_argument("--unroll", type=int, default=1)
+    parser.add_argument("--devices", default="1",
+                        help="comma list of simulated CPU device counts (jax_num_cpu_devices); "
+                             "each attacks its shard of the batch, as advcore.evaluate does")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--train_steps", type=int, default=400)
     parser.add_argument("--eps", type=float, default=None, help="default 0.3 / (8/255)")
@@ -336,12 +373,13 @@ def main(argv=None) -> None:
         for attack in args.attacks.split(","):
             compact_arg = args.compact if model == "small_cnn" else args.compact_wrn
             compacts = [int(c) for c in compact_arg.split(",")] if attack != "pgd20" else [1]
-            for compact in compacts:
+            for compact, devices in itertools.product(
+                    compacts, [int(d) for d in args.devices.split(",")]):
                 spec = {"model": model, "attack": f"aa_{args.aa_version}" if attack == "aa"
                         else attack, "aa_version": args.aa_version,
                         "n": args.n if model == "small_cnn" else args.n_wrn,
                         "compact": compact, "unroll": args.unroll, "repeats": args.repeats,
-                        "train_steps": args.train_steps, "eps": args.eps}
+                        "train_steps": args.train_steps, "eps": args.eps, "devices": devices}
                 print(f"running {spec} ...", flush=True)
                 rec = common.run_isolated("bench.bench_attacks", spec, timeout_s=args.timeout_s)
                 records.append(rec)

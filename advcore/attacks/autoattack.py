@@ -212,9 +212,12 @@ def autoattack(
 _DEFAULTS = {"eps": 0.031, "norm": "linf"}
 
 _FACTORIES: Dict[str, Tuple[Callable, Dict[str, Any]]] = {
-    "aa_standard": (autoattack, {"version": "standard"}),
-    "aa_plus": (autoattack, {"version": "plus"}),
-    "aa_rand": (autoattack, {"version": "rand"}),
+    # compact=4: each stage runs on the smallest of 4 buckets holding the
+    # still-robust points (bench: 64 SmallCNN images, 2 CPU devices, 96 s at
+    # compact=2 vs 70 s at 4 vs 57 s at 8, compile 10 / 22 / 42 s).
+    "aa_standard": (autoattack, {"version": "standard", "compact": 4}),
+    "aa_plus": (autoattack, {"version": "plus", "compact": 4}),
+    "aa_rand": (autoattack, {"version": "rand", "compact": 4}),
     "apgd_ce": (apgd, {"loss": "ce"}),
     "apgd_dlr": (apgd, {"loss": "dlr"}),
     "apgd_t": (apgd_targeted, {}),
@@ -265,4 +268,7 @@ def make_autoattack(name: str, **overrides: Any) -> Callable[..., jax.Array]:
 
     run.__name__ = key_name
     run.__doc__ = f"{key_name}: {fn.__name__} with {kwargs}"
+    # Data-dependent cost (compaction, early exits): advcore.evaluate runs it
+    # per device shard instead of as one partitioned program.
+    run.shard_local = True
     return run

@@ -36,6 +36,42 @@ def test_counts_are_exact_with_a_padded_last_batch():
     assert result["worst_case"] == pytest.approx(100.0 * np.mean(clean_ok & (y == zero_pred)))
 
 
+def test_shard_local_attacks_run_per_device_shard_with_a_folded_key():
+    # A shard-local attack (AutoAttack) sees only its device's shard and the
+    # batch key folded with the device index: the result must equal running
+    # it by hand on each shard, and differ from one global call (the noise
+    # depends on the key, which is how we see the per-shard path was taken).
+    from advcore.attacks.autoattack import make_autoattack
+
+    rng = np.random.default_rng(1)
+    n, num_devices = 32, 4
+    x = rng.uniform(size=(n, 2, 2, 1)).astype(np.float32)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    y = (x.reshape(n, -1) @ w).argmax(-1).astype(np.int32)  # clean accuracy 100%
+
+    def noisy(logits_fn, xb, yb, key):  # key-dependent output (predictions ~ random)
+        return jax.random.uniform(key, xb.shape)
+
+    noisy.shard_local = True
+    assert evaluate.is_shard_local(noisy)
+    assert evaluate.is_shard_local(make_autoattack("aa_standard", eps=0.1))
+    mesh = parallel.make_mesh()
+    assert mesh.devices.size == num_devices
+    key = jax.random.PRNGKey(3)
+    result = evaluate.evaluate_classifier(
+        linear_apply, {"w": jnp.asarray(w)}, x, y, {"noisy": noisy}, batch_size=n,
+        mesh=mesh, key=key)
+    batch_key = jax.random.fold_in(key, 0)
+    per = n // num_devices
+    expected = np.concatenate([
+        np.asarray(linear_apply({"w": w}, noisy(None, x[i * per:(i + 1) * per], None,
+                                                jax.random.fold_in(batch_key, i)))).argmax(-1)
+        == y[i * per:(i + 1) * per] for i in range(num_devices)])
+    assert result["noisy"] == pytest.approx(100.0 * expected.mean())
+    one_call = np.asarray(linear_apply({"w": w}, noisy(None, x, None, batch_key))).argmax(-1) == y
+    assert result["noisy"] != pytest.approx(100.0 * one_call.mean())
+
+
 def test_cli_evaluates_a_training_run_and_transfer(tmp_path):
     from configs.lbgat import mnist
     from lbgat_jax import train
