@@ -131,8 +131,11 @@ def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
       points: ``{label: (clean, robust)}`` in %.
       highlight: labels drawn as red stars (e.g. the LBGAT rows).
     """
+    # A model not evaluated yet has no numbers (None / NaN): leave it out.
+    points = {label: (float(c), float(r)) for label, (c, r) in points.items()
+              if c is not None and r is not None and np.isfinite(c) and np.isfinite(r)}
     if not points:
-        raise ValueError("points must hold at least one (clean, robust) pair, got none")
+        raise ValueError("points must hold at least one finite (clean, robust) pair, got none")
     _ensure_dir(path)
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     for label, (clean, robust) in points.items():

@@ -72,6 +72,9 @@ def scale_overrides(scale: str) -> dict[str, Any]:
         return {
             "progress_bar": False,
             "generator.epochs": 20,
+            # The same update as one batch of 256 (BN-free MNIST generator),
+            # computed as the mean over microbatches: much faster on 2 cores.
+            "generator.microbatch": 16,
             "generator.checkpoint_every_epochs": 2,
             "finetune.epochs": 20,
             "finetune.checkpoint_every_epochs": 2,

@@ -482,14 +482,14 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
         robust_rows = {lab: r for lab, r in rows.items() if lab != "Natural"}
         if pgd:
             pts = {lab: (r["Clean"], r[pgd]) for lab, r in robust_rows.items()
-                   if r.get(pgd) is not None}
+                   if r.get(pgd) is not None and r.get("Clean") is not None}
             if pts:
                 plots.plot_tradeoff(pts, os.path.join(out, "tradeoff_pgd.png"),
                                     ylabel=f"{pgd} accuracy (%)",
                                     title=f"{dataset} ({scale}): robustness vs accuracy",
                                     highlight=[p for p in pts if p.startswith("LBGAT")])
         pts = {lab: (r["Clean"], r["AA"]) for lab, r in robust_rows.items()
-               if r.get("AA") is not None}
+               if r.get("AA") is not None and r.get("Clean") is not None}
         if pts:
             plots.plot_tradeoff(pts, os.path.join(out, "tradeoff_aa.png"),
                                 ylabel="AutoAttack accuracy (%)",

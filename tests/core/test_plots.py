@@ -53,6 +53,12 @@ def test_tradeoff_png(tmp_path):
     assert _close(_png_size(out), (640, 500))
     with pytest.raises(ValueError, match="points"):
         plots.plot_tradeoff({}, str(tmp_path / "x.png"))
+    # Models not evaluated yet (None / NaN) are left out, not plotted at NaN.
+    out = plots.plot_tradeoff({"a": (90.0, 40.0), "b": (None, 30.0), "c": (80.0, float("nan"))},
+                              str(tmp_path / "partial.png"), dpi=100)
+    assert _close(_png_size(out), (640, 500))
+    with pytest.raises(ValueError, match="finite"):
+        plots.plot_tradeoff({"b": (float("nan"), 30.0)}, str(tmp_path / "y.png"))
 
 
 def test_image_grid_png(tmp_path):
