@@ -80,7 +80,7 @@ def scale_overrides(scale: str) -> dict[str, Any]:
             "finetune.checkpoint_every_epochs": 2,
             "evaluate.num_images": 1000,
             "attacks.cw.overrides": {"num_steps": 100, "binary_search_steps": 3},
-            "attacks.jsma.overrides": {"max_iters": 50},
+            "attacks.jsma.overrides": {"num_steps": 50},
         }
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
 

@@ -1,0 +1,27 @@
+"""The studies' scale settings name real config fields (a typo only showed after hours)."""
+
+import importlib
+
+import pytest
+
+from experiments import ladder_study
+
+
+@pytest.mark.parametrize("dataset", ladder_study.DATASETS)
+def test_ladder_cpu_overrides_name_existing_config_fields(dataset):
+    config = importlib.import_module(f"configs.ladder.{dataset}").get_config("")
+    for key, value in ladder_study.scale_overrides("cpu").items():
+        node = config
+        for part in key.split("."):
+            assert part in node, f"{key}: no field {part!r} in configs/ladder/{dataset}.py"
+            node = node[part]
+        if isinstance(value, dict):
+            for sub in value:
+                assert sub in node, f"{key}.{sub}: not a field of configs/ladder/{dataset}.py"
+
+
+def test_ladder_stage_command_spells_every_override():
+    cmd = ladder_study.stage_command("mnist", "cpu", "generate", "/tmp/w",
+                                     ladder_study.scale_overrides("cpu"))
+    assert "--config.attacks.jsma.overrides.num_steps=50" in cmd
+    assert "--config.generator.microbatch=16" in cmd
