@@ -318,7 +318,8 @@ def print_table(records: list[dict], columns: list[tuple[str, str, int]]) -> str
     return table
 
 
-def all_results(names: tuple[str, ...] = ("bench_lbgat", "bench_eval")) -> list[dict]:
+def all_results(names: tuple[str, ...] = ("bench_lbgat", "bench_eval", "bench_attacks")
+                ) -> list[dict]:
     """Every saved result file of the ``names`` benchmarks, oldest first."""
     payloads = []
     paths = [p for name in names for p in glob.glob(os.path.join(RESULTS_DIR, f"{name}_*.json"))]
@@ -337,6 +338,7 @@ def _stamp(path: str) -> str:
 TITLES = {
     "bench_lbgat": "LBGAT step (lbgat_trades, PGD-10 KL inner loop, random 32x32x3)",
     "bench_eval": "Robust evaluation (attack + final forward, random 32x32x3)",
+    "bench_attacks": "Attacks: PGD-20 and AutoAttack (SmallCNN / MNIST, WRN-16-4)",
 }
 
 
@@ -384,11 +386,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild bench/RESULTS.md from bench/results/")
     parser.add_argument("--preamble", default="", help="a markdown file to put on top")
     args = parser.parse_args(argv)
-    from bench import bench_eval, bench_lbgat
+    from bench import bench_attacks, bench_eval, bench_lbgat
 
     preamble = open(args.preamble).read() if args.preamble else ""
     write_results_md(all_results(), {"bench_lbgat": bench_lbgat.COLUMNS,
-                                     "bench_eval": bench_eval.COLUMNS}, preamble=preamble)
+                                     "bench_eval": bench_eval.COLUMNS,
+                                     "bench_attacks": bench_attacks.COLUMNS},
+                     preamble=preamble)
     print(f"wrote {RESULTS_MD}")
 
 
