@@ -101,3 +101,9 @@ def test_cli_evaluates_a_training_run_and_transfer(tmp_path):
 
     with pytest.raises(ValueError, match="model must be one of"):
         evaluate.load_evaluable(target, "natural")
+
+
+def test_cli_refuses_a_bad_cpu_device_count(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", "unused", "--cpu_devices", "0"])
+    assert "--cpu_devices must be >= 1, got 0" in capsys.readouterr().err
