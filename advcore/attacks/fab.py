@@ -13,7 +13,7 @@ One FAB iteration at the current point ``x1`` (clean point ``x0``):
    a full Jacobian, i.e. one VJP per class);
 2. ``d1``, ``d0``: minimal-L-inf, box-constrained steps that take ``x1`` and
    ``x0`` onto the hyperplane ``<w, z> = b`` (upstream ``projection_linf``,
-   vectorised here with sorts, cumulative sums and a fixed-length bisection);
+   vectorised here with a fixed-length bisection instead of a sort);
 3. ``x1 <- clip((x1 + eta d1)(1 - alpha) + (x0 + eta d0) alpha, 0, 1)``,
    ``alpha = clamp(||d1|| / (||d1|| + ||d0||), 0, alpha_max)``;
 4. if ``x1`` is misclassified: keep it if it is the closest adversarial point
@@ -32,7 +32,6 @@ inactive points are computed but discarded.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -48,70 +47,85 @@ LogitsFn = Callable[..., jax.Array]
 _NO_ADV = 1e10  # upstream's "no adversarial point found yet" norm
 
 
+def _ordered_uint32(v: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order (negative floats included)."""
+    bits = jax.lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32)
+    sign = bits >> 31
+    return jnp.where(sign == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _from_ordered_uint32(u: jax.Array) -> jax.Array:
+    bits = jnp.where(u >> 31 == 1, u & jnp.uint32(0x7FFFFFFF), ~u)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def projection_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """Minimal-L-inf step ``d`` with ``<w, t + d> = b`` and ``t + d`` in [0, 1]^D.
 
-    Vectorised form of upstream ``projection_linf`` (rows are independent):
-    ``t``, ``w`` are ``(N, D)``, ``b`` is ``(N,)``. When the hyperplane is not
-    reachable inside the box the result is the largest feasible step towards
-    it (upstream behaviour). Rows with ``w == 0`` get ``d = 0`` (upstream would
+    Upstream ``projection_linf`` (rows are independent): ``t``, ``w`` are
+    ``(N, D)``, ``b`` is ``(N,)``. When the hyperplane is not reachable
+    inside the box the result is the largest feasible step towards it
+    (upstream behaviour). Rows with ``w == 0`` get ``d = 0`` (upstream would
     produce NaN there; this only matters for a model with a zero gradient).
+
+    Upstream sorts the breakpoints ``p`` and bisects over sorted positions
+    for the last one where ``b2(k) = sb[k] - s[k] p_(k)`` is below ``b``.
+    Every term of its prefix sums is ``|w_i| p_i``, so ``b2(k) = G(p_(k))``
+    with ``G(lam) = b0 + sum_i |w_i| max(p_i - lam, 0)``, non-increasing in
+    ``lam``, and the prefix up to that position is exactly ``{i: p_i >= lam*}``
+    with ``lam* = min{p_i : G(p_i) < b}`` (tied ``p`` add nothing). This form
+    finds ``lam*`` by bisection on the float32 order (32 steps of ``O(D)``
+    sums) instead of sorting: XLA:CPU's sort took about 8 ms for the 2 x 35
+    rows of 784 of a FAB-T iteration, a fifth of it. Same breakpoint, same
+    formulas; only the summation order differs.
     """
-    n, dim = t.shape
-    rows = jnp.arange(n)[:, None]
-    sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1.0, -1.0).astype(t.dtype)
+    dtype = t.dtype
+    t, w, b = (v.astype(jnp.float32) for v in (t, w, b))
+    sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1.0, -1.0)
     w = w * sign[:, None]
     b = b * sign
-    nonzero = (w != 0).astype(t.dtype)
-    a = (w < 0).astype(t.dtype)
+    nonzero = (w != 0).astype(jnp.float32)
+    a = (w < 0).astype(jnp.float32)
     d = (a - t) * nonzero
     p = a - t * (2.0 * a - 1.0)
-    indp = jnp.argsort(p, axis=1)
+    abs_w = jnp.abs(w)
     b = b - jnp.sum(w * t, axis=1)
     b0 = jnp.sum(w * d, axis=1)
-
-    indp2 = indp[:, ::-1]
-    ws = jnp.take_along_axis(w, indp2, axis=1)
-    bs2 = -ws * jnp.take_along_axis(d, indp2, axis=1)
-    s = jnp.cumsum(jnp.abs(ws), axis=1)
-    sb = jnp.cumsum(bs2, axis=1) + b0[:, None]
-
-    p_first = jnp.take_along_axis(p, indp[:, :1], axis=1)[:, 0]
-    b2 = sb[:, -1] - s[:, -1] * p_first
+    s_all = jnp.sum(abs_w, axis=1)
+    sb_all = b0 + jnp.sum(abs_w * p, axis=1)
+    p_min = jnp.min(p, axis=1)
+    b2 = sb_all - s_all * p_min  # G(min p)
     c_l = b - b2 > 0
     c2 = (b - b0 > 0) & (b - b2 <= 0)
 
-    # Bisection over the sorted breakpoints (upstream runs it on the c2 rows
-    # only; running it on every row and selecting afterwards is equivalent).
-    def bisect(_, bounds):
-        lb, ub = bounds
-        mid = jnp.floor((lb + ub) / 2.0)
-        mid_i = mid.astype(jnp.int32)[:, None]
-        ind_curr = jnp.take_along_axis(indp, dim - 1 - mid_i, axis=1)
-        b2_mid = (jnp.take_along_axis(sb, mid_i, axis=1)
-                  - jnp.take_along_axis(s, mid_i, axis=1)
-                  * jnp.take_along_axis(p, ind_curr, axis=1))[:, 0]
-        go_right = b - b2_mid > 0
-        return jnp.where(go_right, mid, lb), jnp.where(go_right, ub, mid)
+    def g(lam):
+        return b0 + jnp.sum(abs_w * jnp.maximum(p - lam[:, None], 0.0), axis=1)
 
-    n_bisect = max(math.ceil(math.log2(dim)), 0)
-    lb0 = jnp.zeros((n,), t.dtype)
-    ub0 = jnp.full((n,), dim - 1, t.dtype)
-    lb, _ = jax.lax.fori_loop(0, n_bisect, bisect, (lb0, ub0))
-    lb_i = lb.astype(jnp.int32)
+    # On c2 rows G(max p) = b0 < b <= G(min p): keep G(lo) >= b > G(hi).
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        below = g(_from_ordered_uint32(mid)) < b
+        return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+    lo0, hi0 = _ordered_uint32(p_min), _ordered_uint32(jnp.max(p, axis=1))
+    _, hi = jax.lax.fori_loop(0, 32, bisect, (lo0, hi0))
+    lam_c = _from_ordered_uint32(hi)
+    lam_star = jnp.min(jnp.where(p >= lam_c[:, None], p, jnp.inf), axis=1)
+    in_prefix = (p >= lam_star[:, None]).astype(jnp.float32)
+    s_lb = jnp.sum(abs_w * in_prefix, axis=1)
+    sb_lb = b0 + jnp.sum(abs_w * p * in_prefix, axis=1)
 
     def safe_div(num, den):
         ok = den != 0
         return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
-    lmbd_l = jnp.maximum(safe_div(b - sb[:, -1], -s[:, -1]), 0.0)
+    lmbd_l = jnp.maximum(safe_div(b - sb_all, -s_all), 0.0)
     d_l = (2.0 * a - 1.0) * lmbd_l[:, None]
-    sb_lb = sb[rows[:, 0], lb_i]
-    s_lb = s[rows[:, 0], lb_i]
     lmbd_2 = jnp.maximum(safe_div(b - sb_lb, -s_lb), 0.0)[:, None]
     d_2 = jnp.minimum(lmbd_2, d) * a + jnp.maximum(-lmbd_2, d) * (1.0 - a)
     d = jnp.where(c_l[:, None], d_l, jnp.where(c2[:, None], d_2, d))
-    return d * nonzero
+    return (d * nonzero).astype(dtype)
 
 
 def _target_diff_grad(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array,

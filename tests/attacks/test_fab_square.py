@@ -79,10 +79,13 @@ def _lp_min_linf(t, w, b):
     return res.fun if res.status == 0 else None
 
 
-def test_projection_linf_is_the_lp_optimum():
+@pytest.mark.parametrize("ties", [False, True])
+def test_projection_linf_is_the_lp_optimum(ties):
     rng = np.random.default_rng(0)
     n, dim = 40, 12
     t = rng.uniform(0, 1, (n, dim))
+    if ties:  # MNIST-like: many equal pixels, hence tied breakpoints
+        t = np.round(t * 3) / 3
     w = rng.normal(size=(n, dim))
     w[::4, :3] = 0.0  # some zero coordinates
     # Hyperplanes through a random box point (feasible) or far away (infeasible).
