@@ -284,15 +284,15 @@ def run_child(spec: dict) -> dict:
             raise ValueError(f"n={spec['n']} must be divisible by devices={devices}")
 
         def local(p, x, y, k):
-            return attack(p, x, y, jax.random.fold_in(k, jax.lax.axis_index("data")))
+            out = attack(p, x, y, jax.random.fold_in(k, jax.lax.axis_index("data")))
+            if spec["attack"] == "pgd20":
+                return out
+            # Per-shard details are shard means; only x_adv is kept per point.
+            x_adv, details = out
+            return x_adv, {name: jax.lax.pmean(v, "data") for name, v in details.items()
+                           if name != "robust"}
 
         out_specs = P("data") if spec["attack"] == "pgd20" else (P("data"), P())
-        if spec["attack"] != "pgd20":
-            # Per-shard details are shard means; only x_adv is kept from them.
-            def local(p, x, y, k, _inner=local):  # noqa: F811
-                x_adv, details = _inner(p, x, y, k)
-                return x_adv, {k_: jax.lax.pmean(v, "data") for k_, v in details.items()
-                               if k_ != "robust"}
         jitted = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data"), P()),
                                        out_specs=out_specs, check_vma=False))
         x, y = (jax.device_put(a, parallel.data_sharded(mesh)) for a in (x, y))

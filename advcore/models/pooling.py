@@ -23,18 +23,16 @@ import jax
 import jax.numpy as jnp
 
 
-def _windows(x: jax.Array, k: int):
-    """The cropped input and its k*k strided views, row-major window order."""
-    b, h, w, c = x.shape
-    cropped = x[:, : (h // k) * k, : (w // k) * k, :]
-    return cropped, [cropped[:, i::k, j::k, :] for i in range(k) for j in range(k)]
+def _cropped(x: jax.Array, k: int) -> jax.Array:
+    """``x`` without the remainder rows/columns floor mode drops."""
+    _, h, w, _ = x.shape
+    return x[:, : (h // k) * k, : (w // k) * k, :]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x: jax.Array, k: int) -> jax.Array:
     b, h, w, c = x.shape
-    cropped = x[:, : (h // k) * k, : (w // k) * k, :]
-    return cropped.reshape(b, h // k, k, w // k, k, c).max(axis=(2, 4))
+    return _cropped(x, k).reshape(b, h // k, k, w // k, k, c).max(axis=(2, 4))
 
 
 def _max_pool_fwd(x, k):
@@ -45,7 +43,8 @@ def _max_pool_fwd(x, k):
 def _max_pool_bwd(k, residuals, g):
     x, out = residuals
     b, h, w, c = x.shape
-    _, views = _windows(x, k)
+    cropped = _cropped(x, k)
+    views = [cropped[:, i::k, j::k, :] for i in range(k) for j in range(k)]  # row-major
     taken = jnp.zeros(out.shape, jnp.bool_)
     grads = []
     for view in views:  # row-major: the first maximal element wins
