@@ -166,9 +166,7 @@ def run_child(spec: dict) -> dict:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    spec = common.child_spec(argv)
-    if spec is not None:
-        common.emit(run_child(spec))
+    if common.serve_child(argv, run_child):
         return
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -271,6 +271,16 @@ def emit(record: dict) -> None:
     print(json.dumps(record, default=float), flush=True)
 
 
+def serve_child(argv: list[str], run_child) -> bool:
+    """In a child process (``run_isolated``), runs ``run_child(spec)`` and
+    emits its record; returns whether this process was a child."""
+    spec = child_spec(argv)
+    if spec is None:
+        return False
+    emit(run_child(spec))
+    return True
+
+
 # --------------------------------------------------------------------------
 # Results.
 # --------------------------------------------------------------------------
