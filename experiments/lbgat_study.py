@@ -59,6 +59,8 @@ class Run:
     label: str  # the papers' row name
     variant: str  # configs/lbgat/<dataset>.py variant tokens
     teacher: bool = False  # needs the natural run as frozen BGAT teacher
+    # Run-specific dotted overrides on top of the scale's (diagnostic runs).
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 # Priority order of issue 7 (natural first: it is BGAT's teacher and the
@@ -82,6 +84,11 @@ RUN_BY_KEY = {r.key: r for r in RUNS}
 EXTRA_RUNS: tuple[Run, ...] = (
     Run("bgat_trades0", "BGAT+TRADES (α=0)", "bgat_trades,alpha0", teacher=True),
     Run("bgat_alp", "BGAT+ALP", "bgat_alp", teacher=True),
+    # Diagnostic of the cpu-scale BGAT run, whose robust model died (every
+    # ReLU off, a constant output equal to the teacher's mean logit) within
+    # its first 16 steps: the same run at TRADES' MNIST learning rate 0.01.
+    Run("bgat_lr001", "BGAT (lr 0.01, diagnostic)", "bgat", teacher=True,
+        overrides=(("optim.lr", 0.01),)),
 )
 RUN_BY_KEY.update({r.key: r for r in EXTRA_RUNS})
 
@@ -143,6 +150,7 @@ def build_config(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool):
     tokens = run.variant + (",smoke" if scale == "smoke" else "")
     config = module.get_config(tokens)
     overrides = dict(scale_overrides(scale, dataset))
+    overrides.update(dict(run.overrides))
     if run.teacher:
         overrides["teacher.workdirs"] = run_workdir(runs_dir, dataset, scale, "natural")
     # XLA:CPU runs convolutions inside a while loop several times slower than

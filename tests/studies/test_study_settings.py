@@ -25,3 +25,20 @@ def test_ladder_stage_command_spells_every_override():
                                      ladder_study.scale_overrides("cpu"))
     assert "--config.attacks.jsma.overrides.num_steps=50" in cmd
     assert "--config.generator.microbatch=16" in cmd
+
+
+def test_lbgat_run_overrides_change_only_their_fields():
+    from experiments import lbgat_study
+
+    def config_of(key):
+        run = lbgat_study.RUN_BY_KEY[key]
+        return lbgat_study.build_config(run, "mnist", "cpu", "/tmp/runs", cpu=True)
+
+    base, base_over = config_of("bgat")
+    diag, diag_over = config_of("bgat_lr001")
+    assert base.optim.lr == 0.05 and diag.optim.lr == 0.01
+    base_dict, diag_dict = base.to_dict(), diag.to_dict()
+    base_dict["optim"].pop("lr"), diag_dict["optim"].pop("lr")
+    assert base_dict == diag_dict
+    assert diag_over.pop("optim.lr") == 0.01 and base_over.pop("optim.lr") == 0.05
+    assert diag_over == base_over
