@@ -379,18 +379,10 @@ def main(argv=None) -> None:
                         "compact": compact, "unroll": args.unroll, "repeats": args.repeats,
                         "train_steps": args.train_steps, "eps": args.eps, "devices": devices}
                 print(f"running {spec} ...", flush=True)
-                rec = common.run_isolated("bench.bench_attacks", spec, timeout_s=args.timeout_s)
-                records.append(rec)
-                if "error" in rec:
-                    print(f"  error: {rec['error'][-500:]}", flush=True)
-                else:
-                    print(f"  {rec['img_per_s']:.2f} img/s, compile {rec['compile_s']:.1f} s, "
-                          f"run {rec['run_s']:.1f} s, clean {rec['clean_acc']:.3f}, robust "
-                          f"{rec['robust_acc']:.3f} {rec.get('stages', '')}", flush=True)
-    print()
-    common.print_table(records, COLUMNS)
-    path = common.save_results("bench_attacks", records, argv, common.machine_info())
-    print(f"\nwrote {path}")
+                common.run_and_report("bench.bench_attacks", spec, records,
+                                      timeout_s=args.timeout_s,
+                                      details="run_s,clean_acc,robust_acc,stages")
+    common.finish("bench_attacks", records, argv, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -157,17 +157,8 @@ def main(argv=None) -> None:
                     peak_gflops=args.peak_gflops)
         print(f"... {model} {attack} B={batch} {precision} unroll={unroll} "
               f"conv={conv_impl or 'default'}", file=sys.stderr, flush=True)
-        record = common.run_isolated("bench.bench_eval", spec, child_env)
-        records.append(record)
-        if "error" in record:
-            print(f"    error: {record['error'][-500:]}", file=sys.stderr)
-        else:
-            print(f"    {record['img_per_s']:.2f} img/s, compile {record['compile_s']:.1f}s",
-                  file=sys.stderr)
-    common.print_table(records, COLUMNS)
-    if not args.no_save:
-        path = common.save_results("bench_eval", records, argv, common.machine_info())
-        print(f"saved {path}")
+        common.run_and_report("bench.bench_eval", spec, records, child_env)
+    common.finish("bench_eval", records, argv, COLUMNS, save=not args.no_save)
 
 
 if __name__ == "__main__":

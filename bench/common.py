@@ -259,6 +259,35 @@ def run_isolated(module: str, spec: dict, extra_env: Optional[dict] = None,
     return json.loads(lines[-1])
 
 
+def run_and_report(module: str, spec: dict, records: list[dict],
+                   extra_env: Optional[dict] = None, timeout_s: float = 3600,
+                   details: str = "") -> dict:
+    """``run_isolated`` one configuration, append its record, print a one-line result.
+
+    ``details`` names extra record fields to print after the rate (e.g.
+    ``"run_s,robust_acc"``).
+    """
+    record = run_isolated(module, spec, extra_env, timeout_s)
+    records.append(record)
+    if "error" in record:
+        print(f"    error: {record['error'][-500:]}", file=sys.stderr, flush=True)
+    else:
+        extra = "".join(f", {k} {fmt(record.get(k), 3)}" for k in details.split(",") if k)
+        print(f"    {record['img_per_s']:.2f} img/s, compile {record['compile_s']:.1f}s{extra}",
+              file=sys.stderr, flush=True)
+    return record
+
+
+def finish(name: str, records: list[dict], argv: list[str],
+           columns: list[tuple[str, str, int]], save: bool = True) -> None:
+    """Prints the results table and saves the records under ``bench/results/``."""
+    print()
+    print_table(records, columns)
+    if save:
+        path = save_results(name, records, argv, machine_info())
+        print(f"saved {path}")
+
+
 def child_spec(argv: list[str]) -> Optional[dict]:
     for arg in argv:
         if arg.startswith(CHILD_FLAG + "="):
