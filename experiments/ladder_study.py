@@ -274,6 +274,9 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     log = _read_json(os.path.join(root, "ladder_study.json")) or {"commands": []}
     summary["commands"] = log["commands"]
 
+    cfg = _read_json(os.path.join(main_wd, "config.json")) or {}
+    if cfg.get("evaluate", {}).get("num_images"):  # test images per black-box set
+        summary["eval_n"] = cfg["evaluate"]["num_images"]
     marker = _read_json(os.path.join(main_wd, "markers", "classifier.json"))
     if marker:
         summary["vanilla"] = marker["info"]

@@ -32,12 +32,37 @@ def test_avg_rank_reproduces_ladder_table1():
         assert round(ranks[row], 2) == expected, row
 
 
-def test_ties_share_the_mean_rank_and_dashes_are_skipped():
+# LADDER Table 2 (MNIST): it has ties (Song: LADDER = Vanilla = 99.82; AA: LADDER =
+# CW Adv = 99.36; CW: JSMA Adv = cavRandom = 98.56), so it fixes the tie rule.
+MNIST = {
+    "Vanilla": [99.13, 46.6, 93.91, 29.93, 99.09, 99.82, 99.56],
+    "FGSM Adv": [92.31, None, 83.67, 80.91, 90.58, 95.53, 92.22],
+    "JSMA Adv": [98.56, 57.8, None, 51.04, 98.56, 99.87, 98.69],
+    "PGD Adv": [90.79, 76.2, 83.31, None, 90.67, 94.44, 90.36],
+    "CW Adv": [98.87, 59.2, 94.67, 44.62, None, 99.91, 99.36],
+    "Song Adv": [97.23, 55.6, 89.16, 49.91, 96.87, None, 96.69],
+    "cavRandom": [99.01, 54.8, 92.76, 48.2, 98.56, 99.78, 98.89],
+    "Random": [98.99, 64.4, 92.93, 56.87, 98.33, 99.89, 99.04],
+    "LADDER": [99.12, 55.8, 93.13, 49.2, 98.9, 99.82, 99.36],
+}
+MNIST_AVG_RANK = {"Vanilla": 3.57, "FGSM Adv": 6.50, "JSMA Adv": 4.17, "PGD Adv": 7.00,
+                  "CW Adv": 3.17, "Song Adv": 6.00, "cavRandom": 5.00, "Random": 3.29,
+                  "LADDER": 3.29}
+
+
+def test_avg_rank_reproduces_ladder_table2_with_its_ties():
+    table = {row: dict(zip(COLUMNS, vals)) for row, vals in MNIST.items()}
+    ranks = tables.avg_rank(table, COLUMNS)
+    for row, expected in MNIST_AVG_RANK.items():
+        assert round(ranks[row], 2) == expected, row
+
+
+def test_ties_share_the_best_rank_and_dashes_are_skipped():
     table = {"a": {"x": 1.0, "y": None}, "b": {"x": 1.0, "y": 5.0}, "c": {"x": 0.5, "y": 6.0}}
-    assert tables.column_ranks(table, "x") == {"a": 1.5, "b": 1.5, "c": 3.0}
-    assert tables.avg_rank(table) == {"a": 1.5, "b": (1.5 + 2) / 2, "c": 2.0}
+    assert tables.column_ranks(table, "x") == {"a": 1.0, "b": 1.0, "c": 3.0}
+    assert tables.avg_rank(table) == {"a": 1.0, "b": (1.0 + 2) / 2, "c": 2.0}
     md = tables.markdown_table(table, with_avg_rank=True)
-    assert "| a | 1.00 | − | 1.50 |" in md
+    assert "| a | 1.00 | − | 1.00 |" in md
 
 
 def test_lbgat_schedule_matches_the_official_code():
