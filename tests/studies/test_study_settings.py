@@ -42,3 +42,13 @@ def test_lbgat_run_overrides_change_only_their_fields():
     assert base_dict == diag_dict
     assert diag_over.pop("optim.lr") == 0.01 and base_over.pop("optim.lr") == 0.05
     assert diag_over == base_over
+
+
+def test_lbgat_cpu_lr01_scale_differs_from_cpu_only_in_lr():
+    from experiments import lbgat_study
+
+    for dataset in lbgat_study.DATASETS:
+        first = lbgat_study.scale_overrides("cpu", dataset)
+        second = lbgat_study.scale_overrides("cpu_lr01", dataset)
+        assert (first.pop("optim.lr"), second.pop("optim.lr")) == (0.05, 0.01)
+        assert first == second
