@@ -112,21 +112,34 @@ def jsma(
         (total,) = vjp(jnp.ones_like(z))
         return z, a, total - a
 
-    def body(carry):
-        it, xf, domain, active = carry
-        z, a, b = grads(xf)
-        on_target = jnp.argmax(z, axis=-1) == target
-        pair_a = a[:, :, None] + a[:, None, :]
-        pair_b = b[:, :, None] + b[:, None, :]
-        ok = domain[:, :, None] & domain[:, None, :] & off_diagonal
+    def pair_scores(a_p, b_p, dom_p, a_q, b_q, dom_q, distinct):
+        """``-A * B`` for pairs (p, q) (rows p, columns q); ``-inf`` if not admissible."""
+        pair_a = a_p[:, :, None] + a_q[:, None, :]
+        pair_b = b_p[:, :, None] + b_q[:, None, :]
+        ok = dom_p[:, :, None] & dom_q[:, None, :] & distinct
         if increase:
             ok = ok & (pair_a > 0) & (pair_b < 0)
         else:
             ok = ok & (pair_a < 0) & (pair_b > 0)
-        scores = jnp.where(ok, -pair_a * pair_b, -jnp.inf).reshape(batch, -1)
-        best = jnp.argmax(scores, axis=-1)
-        has_pair = jnp.max(scores, axis=-1) > -jnp.inf
-        p, q = best // num_features, best % num_features
+        return jnp.where(ok, -pair_a * pair_b, -jnp.inf)
+
+    def body(carry):
+        it, xf, domain, active = carry
+        z, a, b = grads(xf)
+        on_target = jnp.argmax(z, axis=-1) == target
+        # The best pair is the first maximum of the (N, N) score matrix in
+        # row-major order (cleverhans' argmax over the flattened scores). A
+        # flat argmax is a slow variadic reduction on XLA:CPU, so take it in
+        # two steps with the same result: a plain max over q gives each row's
+        # best score, the first row holding the overall maximum is p, and
+        # q is the first maximum of row p, recomputed as an (N,) vector.
+        row_best = jnp.max(pair_scores(a, b, domain, a, b, domain, off_diagonal), axis=-1)
+        p = jnp.argmax(row_best, axis=-1)
+        has_pair = jnp.max(row_best, axis=-1) > -jnp.inf
+        take = lambda v: jnp.take_along_axis(v, p[:, None], axis=1)  # noqa: E731
+        row_p = pair_scores(take(a), take(b), take(domain), a, b, domain,
+                            (jnp.arange(num_features) != p[:, None])[:, None, :])[:, 0]
+        q = jnp.argmax(row_p, axis=-1)
         active = active & ~on_target & (jnp.sum(domain, axis=-1) >= 2) & has_pair
         change = (jax.nn.one_hot(p, num_features, dtype=bool)
                   | jax.nn.one_hot(q, num_features, dtype=bool)) & active[:, None]

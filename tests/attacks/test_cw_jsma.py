@@ -128,3 +128,47 @@ def test_jsma_argument_checks():
         attacks.jsma(f, x, None, target=jnp.zeros(2, jnp.int32), gamma=0.0)
     with pytest.raises(ValueError, match="target"):
         attacks.jsma(f, x, None)
+
+
+def _jsma_reference(w, c, x, target, theta, max_iters, lo=0.0, hi=1.0):
+    """Plain numpy JSMA for the linear model ``z = x @ w + c`` (cleverhans v3
+    control flow, flat row-major argmax over the pair scores)."""
+    x = x.copy()
+    n = x.shape[0]
+    a = w[:, target]
+    b = w.sum(axis=1) - a  # constant gradients: a linear model
+    domain = (x < hi) if theta > 0 else (x > lo)
+    for _ in range(max_iters):
+        if np.argmax(x @ w + c) == target or domain.sum() < 2:
+            break
+        pair_a = a[:, None] + a[None, :]
+        pair_b = b[:, None] + b[None, :]
+        ok = domain[:, None] & domain[None, :] & ~np.eye(n, dtype=bool)
+        ok &= (pair_a > 0) & (pair_b < 0) if theta > 0 else (pair_a < 0) & (pair_b > 0)
+        if not ok.any():
+            break
+        best = np.argmax(np.where(ok, -pair_a * pair_b, -np.inf))
+        p, q = divmod(best, n)
+        x[[p, q]] = np.clip(x[[p, q]] + theta, lo, hi)
+        domain[[p, q]] = False
+    return x
+
+
+@pytest.mark.parametrize("theta", [1.0, -1.0])
+def test_jsma_matches_a_numpy_reference_pair_by_pair(theta):
+    # Pixels share one of 4 weight rows, so many pair scores tie and the
+    # tie-break (first maximum in row-major order) decides which pixels move;
+    # few iterations, so most pixels stay unchanged and a wrong choice shows.
+    rng = np.random.default_rng(0)
+    n, k, batch, iters = 20, 4, 8, 2
+    rows = (rng.integers(-3, 4, size=(4, k)) / 4.0).astype(np.float32)
+    w = rows[rng.integers(0, 4, size=n)]
+    c = np.zeros(k, np.float32)
+    x = rng.integers(0, 3, size=(batch, n)).astype(np.float32) / 2.0
+    target = rng.integers(0, k, size=batch).astype(np.int32)
+    f = lambda v: v @ w + c  # noqa: E731
+    got = np.asarray(jax.jit(lambda v, t: attacks.jsma(
+        f, v, None, target=t, theta=theta, max_iters=iters))(jnp.asarray(x), jnp.asarray(target)))
+    for i in range(batch):
+        want = _jsma_reference(w, c, x[i], int(target[i]), theta, iters)
+        np.testing.assert_array_equal(got[i], want, err_msg=f"example {i}")
