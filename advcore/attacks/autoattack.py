@@ -268,6 +268,9 @@ def make_autoattack(name: str, **overrides: Any) -> Callable[..., jax.Array]:
 
     run.__name__ = key_name
     run.__doc__ = f"{key_name}: {fn.__name__} with {kwargs}"
+    # The registry's Attack interface: stored attack sets record these.
+    run.name = key_name
+    run.params = dict(kwargs)
     # Data-dependent cost (compaction, early exits): advcore.evaluate runs it
     # per device shard instead of as one partitioned program.
     run.shard_local = True

@@ -6,6 +6,7 @@ separately, which is slow on XLA:CPU) and most tests use rbg keys (see
 """
 
 import functools
+import json
 
 import chex
 import jax
@@ -373,6 +374,13 @@ def test_registry_names_and_defaults(model, data):
     assert "step_size" not in attacks.make_attack("fgsm", step_size=0.003).params
     with pytest.raises(ValueError, match="no parameter 'foo'"):
         attacks.make_attack("pgd20", foo=1)
+    # Every registry attack, AutoAttack included, carries the name and params
+    # a stored attack set records (LADDER's AA column once failed on this).
+    for name in ("fgsm", "jsma", "ladder_cw", "aa_standard"):
+        built = attacks.make_attack(name, eps=0.3)  # eps is dropped where unused
+        assert built.name == name and built.params.get("eps", 0.3) == 0.3
+        json.dumps(built.params)
+    assert attacks.make_attack("aa_standard").params["version"] == "standard"
     with pytest.raises(ValueError, match="valid names: fgsm"):
         attacks.make_attack("pgdx")
     with pytest.raises(ValueError, match="eps must be >= 0"):
