@@ -31,8 +31,9 @@ Scales (``--scale``):
 * ``cpu_lr01``: the same but for SGD lr 0.01, the configs' own (TRADES
   MNIST recipe) value: a check of the learning rate, run for the natural
   model, TRADES (α=6) and LBGAT+TRADES (α=0) (and, as ``bgat_lr001`` of
-  ``cpu``, for BGAT). BGAT trains at 0.01, but TRADES and LBGAT+TRADES
-  are much further from convergence after 240 steps than at 0.05.
+  ``cpu``, for BGAT). BGAT trains at 0.01 on MNIST (it still collapses on
+  Fashion-MNIST), but TRADES and LBGAT+TRADES are much further from
+  convergence after 240 steps than at 0.05.
   Training takes 3-4 min per adversarial run on one core at either rate.
   Both scales are far from the paper recipe (60k images, 100 epochs,
   PGD-40); they are what fits one session for all twelve methods.
