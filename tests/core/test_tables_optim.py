@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from advcore import optim, tables
 
@@ -25,13 +26,6 @@ SVHN_AVG_RANK = {"Vanilla": 4.00, "FGSM Adv": 4.83, "JSMA Adv": 3.83, "PGD Adv":
 COLUMNS = ["Clean", "FGSM", "JSMA", "PGD", "CW", "Song", "AA"]
 
 
-def test_avg_rank_reproduces_ladder_table1():
-    table = {row: dict(zip(COLUMNS, vals)) for row, vals in SVHN.items()}
-    ranks = tables.avg_rank(table, COLUMNS)
-    for row, expected in SVHN_AVG_RANK.items():
-        assert round(ranks[row], 2) == expected, row
-
-
 # LADDER Table 2 (MNIST): it has ties (Song: LADDER = Vanilla = 99.82; AA: LADDER =
 # CW Adv = 99.36; CW: JSMA Adv = cavRandom = 98.56), so it fixes the tie rule.
 MNIST = {
@@ -50,10 +44,13 @@ MNIST_AVG_RANK = {"Vanilla": 3.57, "FGSM Adv": 6.50, "JSMA Adv": 4.17, "PGD Adv"
                   "LADDER": 3.29}
 
 
-def test_avg_rank_reproduces_ladder_table2_with_its_ties():
-    table = {row: dict(zip(COLUMNS, vals)) for row, vals in MNIST.items()}
+@pytest.mark.parametrize("printed, expected_ranks", [(SVHN, SVHN_AVG_RANK),
+                                                     (MNIST, MNIST_AVG_RANK)],
+                         ids=["table1_svhn", "table2_mnist_with_ties"])
+def test_avg_rank_reproduces_the_ladder_papers_printed_ranks(printed, expected_ranks):
+    table = {row: dict(zip(COLUMNS, vals)) for row, vals in printed.items()}
     ranks = tables.avg_rank(table, COLUMNS)
-    for row, expected in MNIST_AVG_RANK.items():
+    for row, expected in expected_ranks.items():
         assert round(ranks[row], 2) == expected, row
 
 
@@ -91,8 +88,6 @@ def test_torch_sgd_equals_the_pytorch_update_rule():
 
 
 def test_bad_optimizer_arguments_name_the_field():
-    import pytest
-
     with pytest.raises(ValueError, match="momentum"):
         optim.torch_sgd(0.1, momentum=1.5)
     with pytest.raises(ValueError, match="steps_per_epoch"):
