@@ -25,7 +25,7 @@ from typing import Any, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 OUT = os.path.join(REPO, "experiments", "RESULTS.md")
-SCALE_ORDER = ("full", "cpu", "cpu_lr01", "smoke")
+SCALE_ORDER = ("full", "cpu60k", "cpu", "cpu_lr01", "smoke")
 DATASET_ORDER = ("mnist", "fashion_mnist")
 
 # --- the papers' numbers (SPEC §5) ---------------------------------------------

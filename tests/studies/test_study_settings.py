@@ -52,3 +52,19 @@ def test_lbgat_cpu_lr01_scale_differs_from_cpu_only_in_lr():
         second = lbgat_study.scale_overrides("cpu_lr01", dataset)
         assert (first.pop("optim.lr"), second.pop("optim.lr")) == (0.05, 0.01)
         assert first == second
+
+
+@pytest.mark.parametrize("dataset", ("mnist", "fashion_mnist"))
+def test_lbgat_cpu60k_scale_is_the_config_recipe_on_the_whole_split(dataset):
+    from experiments import lbgat_study
+
+    run = lbgat_study.RUN_BY_KEY["lbgat_trades0"]
+    config, overrides = lbgat_study.build_config(run, dataset, "cpu60k", "/tmp/runs", cpu=True)
+    recipe = importlib.import_module(f"configs.lbgat.{dataset}").get_config("lbgat_trades,alpha0")
+    assert config.dataset.train_limit == 0  # the whole 60k split
+    assert config.optim.lr == recipe.optim.lr == 0.01
+    assert config.num_epochs == 10 and config.attack.num_steps == 5
+    # The recipe's decays at 55 / 75 / 90 % of training, scaled to 10 epochs.
+    assert [round(e / recipe.num_epochs * 10) for e in recipe.optim.decay_epochs] == \
+        list(config.optim.decay_epochs)
+    assert "dataset.train_limit" not in overrides and "optim.lr" not in overrides
