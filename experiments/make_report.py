@@ -459,14 +459,35 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
         p = os.path.join(d, png)
         if os.path.exists(p):
             L += [f"![{caption}]({_rel(p)})", f"*{caption}.*", ""]
-    cmds = s.get("commands") or []
+    cmds = merge_stage_commands(s.get("commands") or [])
     if cmds:
-        L += ["Commands (in order, with wall time):", ""]
+        L += ["Commands (in order; wall time summed over the invocations that resumed or "
+              "re-checked a stage; rc of the last one):", ""]
         for c in cmds:
-            L.append(f"- [{c['part']}/{c['stage']}, {c['seconds']:.0f} s, rc {c['returncode']}]"
-                     f" `{c['command']}`")
+            runs = f", {c['invocations']} invocations" if c["invocations"] > 1 else ""
+            L.append(f"- [{c['part']}/{c['stage']}, {c['seconds']:.0f} s{runs}, "
+                     f"rc {c['returncode']}] `{c['command']}`")
         L.append("")
     return L
+
+
+def merge_stage_commands(cmds: list[dict]) -> list[dict]:
+    """One row per (part, stage, command), in first-seen order.
+
+    Every study invocation appends its stage commands, and a resumed study
+    re-runs finished stages as 2-second skips; listing each invocation would
+    show the same stage twice with different times.
+    """
+    merged: dict[tuple, dict] = {}
+    for c in cmds:
+        key = (c["part"], c["stage"], c["command"])
+        if key not in merged:
+            merged[key] = dict(c, seconds=0.0, invocations=0)
+        row = merged[key]
+        row["seconds"] += c["seconds"]
+        row["invocations"] += 1
+        row["returncode"] = c["returncode"]
+    return list(merged.values())
 
 
 # --- GPU protocols --------------------------------------------------------------------

@@ -67,3 +67,19 @@ def test_ladder_claims_flip_when_the_order_flips():
 
 def test_claims_without_results_are_not_run():
     assert all(v == "not run" for _, v, _ in report.ladder_claims({}))
+
+
+def test_resumed_stage_commands_are_listed_once_with_summed_time():
+    def cmd(stage, seconds, rc=0, command=None):
+        return {"part": "main", "stage": stage, "seconds": seconds, "returncode": rc,
+                "command": command or f"python -m ladder_jax.main --stage={stage}"}
+
+    rows = report.merge_stage_commands([
+        cmd("classifier", 266.0), cmd("finetune", 100.0, rc=1),
+        cmd("classifier", 3.0), cmd("finetune", 562.0), cmd("evaluate", 299.0)])
+    assert [r["stage"] for r in rows] == ["classifier", "finetune", "evaluate"]
+    assert [r["seconds"] for r in rows] == [269.0, 662.0, 299.0]
+    assert [r["invocations"] for r in rows] == [2, 2, 1]
+    assert rows[1]["returncode"] == 0  # the last invocation's
+    # A different command line for the same stage (other overrides) is its own row.
+    assert len(report.merge_stage_commands([cmd("svm", 1.0), cmd("svm", 2.0, command="x")])) == 2
