@@ -585,24 +585,9 @@ def build_report(results_dir: str = RESULTS) -> str:
             d = os.path.join(results_dir, ds, sc)
             if os.path.isdir(d):
                 found.append((ds, sc, d))
-    L += ["## LBGAT", ""]
-    any_lbgat = False
-    for ds, sc, d in found:
-        sec = lbgat_section(ds, sc, d)
-        if sec:
-            any_lbgat = True
-            L += sec
-    if not any_lbgat:
-        L += ["No LBGAT results yet.", ""]
-    L += ["## LADDER", ""]
-    any_ladder = False
-    for ds, sc, d in found:
-        sec = ladder_section(ds, sc, d)
-        if sec:
-            any_ladder = True
-            L += sec
-    if not any_ladder:
-        L += ["No LADDER results yet.", ""]
+    for title, section in (("LBGAT", lbgat_section), ("LADDER", ladder_section)):
+        body = [line for ds, sc, d in found for line in section(ds, sc, d)]
+        L += [f"## {title}", ""] + (body or [f"No {title} results yet.", ""])
     notes = _read(os.path.join(results_dir, "NOTES.md"))
     if notes:
         L += ["## Discussion", "", notes.strip(), ""]
