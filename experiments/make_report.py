@@ -27,6 +27,9 @@ RESULTS = os.path.join(REPO, "experiments", "results")
 OUT = os.path.join(REPO, "experiments", "RESULTS.md")
 SCALE_ORDER = ("full", "cpu60k", "cpu", "cpu_lr01", "smoke")
 DATASET_ORDER = ("mnist", "fashion_mnist")
+# ladder_jax.evaluate scores clean accuracy on the whole test split (10k for
+# MNIST and Fashion-MNIST) and the attacks on the summary's first eval_n images.
+LADDER_CLEAN_N = 10000
 
 # --- the papers' numbers (SPEC §5) ---------------------------------------------
 
@@ -236,10 +239,6 @@ def ladder_claims(summary: dict) -> list[tuple[str, str, str]]:
     def val(row, col, table=rows):
         return (table.get(row) or {}).get(col)
 
-    # ladder_jax.evaluate scores clean accuracy on the whole test split (10k
-    # for MNIST and Fashion-MNIST) and the attacks on the first eval_n images.
-    clean_n = summary.get("clean_n") or 10000
-
     def within(a, b, count=n):  # |a - b| <= 2 combined standard errors
         return abs(a - b) <= 2 * math.hypot(_se(a, count), _se(b, count))
 
@@ -258,7 +257,7 @@ def ladder_claims(summary: dict) -> list[tuple[str, str, str]]:
     # Table 2: LADDER keeps the vanilla model's clean accuracy (99.12 vs 99.13).
     a, b = val("LADDER", "Clean"), val("Vanilla", "Clean")
     add("LADDER keeps the vanilla model's clean accuracy (Table 2: 99.12 vs 99.13)",
-        None if a is None or b is None else (a >= b or within(a, b, clean_n)),
+        None if a is None or b is None else (a >= b or within(a, b, LADDER_CLEAN_N)),
         ev([("LADDER", ["Clean"]), ("Vanilla", ["Clean"])]), tie_note=a is not None
         and b is not None and a < b)
     # Table 2: more robust than vanilla to black-box FGSM and PGD (55.8/49.2 vs 46.6/29.93).
@@ -316,7 +315,8 @@ def ladder_claims(summary: dict) -> list[tuple[str, str, str]]:
     if len(cleans) >= 3:
         spread = max(cleans) - min(cleans)
         add("clean accuracy varies little with ε (Fig. 9: within 1.56 points over "
-            "ε ∈ {0.1 … 20})", spread <= 1.56 or within(max(cleans), min(cleans), clean_n),
+            "ε ∈ {0.1 … 20})",
+            spread <= 1.56 or within(max(cleans), min(cleans), LADDER_CLEAN_N),
             f"clean accuracy over {len(cleans)} ε values: {_f(min(cleans))}-"
             f"{_f(max(cleans))} (spread {_f(spread)} points)")
     else:
