@@ -269,6 +269,10 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
 
     out = os.path.join(results_dir, dataset, scale)
     os.makedirs(out, exist_ok=True)
+    summary_path = os.path.join(out, "ladder_summary.json")
+    # The runs cache is not in git; what it lacks comes from the committed
+    # summary (merge_committed), so a fresh clone never loses measured numbers.
+    committed = _read_json(summary_path) or {}
     main_wd = os.path.join(root, "ladder")
     summary: dict[str, Any] = {"dataset": dataset, "scale": scale}
     log = _read_json(os.path.join(root, "ladder_study.json")) or {"commands": []}
@@ -314,7 +318,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
                                                            arrays["pred"][:k])]
         plots.image_grid(imgs, os.path.join(out, "ladder_pairs.png"), nrow=2, titles=titles,
                          suptitle=f"{dataset} ({scale}): clean x (top) and LADDER x̂ (bottom)")
-    wb = _read_json(os.path.join(main_wd, "whitebox.json"))
+    wb = _read_json(os.path.join(main_wd, "whitebox.json")) or committed.get("whitebox")
     if wb:
         rows = {DISPLAY_NAMES.get(r, r): {"Clean": v["clean"],
                                           "FGSM": None if r == "fgsm" else v["FGSM"],
@@ -325,7 +329,8 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
                            title=f"White-box FGSM/PGD (ε=0.3) on each model, {dataset}, "
                                  f"first n={next(iter(wb.values()))['n']} test images")
         summary["whitebox"] = wb
-    eps_rows = {}
+    eps_rows = dict((committed.get("fig9") or {}).get("rows") or {})
+    van = (committed.get("fig9") or {}).get("vanilla")
     eps_root = os.path.join(root, "eps")
     if os.path.isdir(eps_root):
         for name in sorted(os.listdir(eps_root), key=lambda s: float(s[3:])):
@@ -336,18 +341,43 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
             if lad:
                 eps_rows[f"ε={float(name[3:]):g}"] = lad
                 van = t["rows"].get("Vanilla")
-        if eps_rows:
-            tables.write_table(os.path.join(out, "ladder_fig9_eps"), eps_rows,
-                               ["Clean", "FGSM", "PGD"],
-                               title=f"Fig. 9 analogue: LADDER fine-tuned at each ε, {dataset} "
-                                     f"(vanilla: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                               (van or {}).items()) + ")",
-                               row_header="ε")
-            summary["fig9"] = {"rows": eps_rows, "vanilla": van}
-            _plot_eps(eps_rows, van, os.path.join(out, "ladder_fig9_eps.png"),
-                      f"{dataset} ({scale}): LADDER vs ε")
-    _write_json(os.path.join(out, "ladder_summary.json"), summary)
+    eps_rows = dict(sorted(eps_rows.items(), key=lambda kv: float(kv[0].split("=")[1])))
+    if eps_rows:
+        tables.write_table(os.path.join(out, "ladder_fig9_eps"), eps_rows,
+                           ["Clean", "FGSM", "PGD"],
+                           title=f"Fig. 9 analogue: LADDER fine-tuned at each ε, {dataset} "
+                                 f"(vanilla: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                           (van or {}).items()) + ")",
+                           row_header="ε")
+        summary["fig9"] = {"rows": eps_rows, "vanilla": van}
+        _plot_eps(eps_rows, van, os.path.join(out, "ladder_fig9_eps.png"),
+                  f"{dataset} ({scale}): LADDER vs ε")
+    summary = merge_committed(summary, committed)
+    _write_json(summary_path, summary)
     return summary
+
+
+def merge_committed(fresh: dict, committed: dict) -> dict:
+    """The summary built from the runs cache, completed from the committed one.
+
+    The runs cache is not in git, so on a fresh clone every stage result it
+    lacks (vanilla model, generator, SVMs, tables, ...) is kept from the
+    committed summary, and the cache's results replace the committed ones
+    where it has them. Stage commands are kept per (part, stage, command): the
+    committed ones the cache's log does not list, then the cache's own (its log
+    already holds every invocation it ran, so nothing is counted twice).
+    """
+    def key(c):
+        return c["part"], c["stage"], c["command"]
+
+    fresh_cmds = fresh.get("commands") or []
+    seen = {key(c) for c in fresh_cmds}
+    commands = [c for c in committed.get("commands") or [] if key(c) not in seen] + fresh_cmds
+    # The committed key order first, so a re-run that adds nothing rewrites the
+    # same file.
+    order = list(committed) + [k for k in fresh if k not in committed]
+    return {k: commands if k == "commands" else fresh.get(k, committed.get(k))
+            for k in order}
 
 
 def _plot_eps(rows: dict, vanilla: dict, path: str, title: str) -> None:

@@ -14,7 +14,10 @@ the first ``--n`` test images (clean, FGSM, PGD-40 (MNIST) / PGD-20
 model) and with AutoAttack standard on the first ``--aa_n`` test images; every
 attack's result is cached in ``study_eval.json`` so an interrupted evaluation
 resumes too. Finally the tables (papers' formats) and plots are written to
-``experiments/results/<dataset>/<scale>/``.
+``experiments/results/<dataset>/<scale>/``. The runs cache is not in git, so
+the committed ``lbgat_summary.json`` is merged in (``merge_committed``): rows
+measured on another machine stay, and each run's training curve is stored under
+``curves/<key>/`` beside the tables so the curves plot survives a fresh clone.
 
 Scales (``--scale``):
 
@@ -63,6 +66,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Optional
@@ -451,6 +455,54 @@ def collect(dataset: str, scale: str, runs_dir: str) -> dict[str, dict]:
     return out
 
 
+def merge_committed(found: dict[str, dict], committed: Optional[dict]) -> dict[str, dict]:
+    """``found`` plus every run of the committed summary that the runs cache lacks.
+
+    The runs cache (``experiments/runs``) is not in git: on a fresh clone or a new
+    machine it is empty or partial, while the committed ``lbgat_summary.json``
+    holds every number measured before. Without this merge, one ``--only=x`` run
+    on a fresh clone would rewrite the summary with row x alone. A run the cache
+    lacks is taken from the summary as it is (no workdir: it cannot be
+    re-evaluated or plotted from checkpoints). For a run in both, trained with
+    the same command, the cache's columns win and the summary's fill in the
+    columns the cache has not measured again; a run trained with another command
+    is taken from the cache alone, since the summary's numbers are of another model.
+    """
+    merged = dict(found)
+    for key, r in ((committed or {}).get("runs") or {}).items():
+        stored = {"label": r["label"],
+                  "train": {"finished": r.get("trained"), "train_seconds": r.get("train_seconds"),
+                            "command": r.get("train_command")},
+                  "eval": dict(r.get("eval") or {}), "workdir": None}
+        if key not in merged:
+            merged[key] = stored
+        elif merged[key]["train"].get("command") == stored["train"]["command"]:
+            merged[key] = dict(merged[key], eval={**stored["eval"], **merged[key]["eval"]})
+    # The study's priority order, then anything else, as ``collect`` returns it.
+    order = [r.key for r in RUNS + EXTRA_RUNS]
+    return dict(sorted(merged.items(),
+                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def store_curves(found: dict[str, dict], out: str) -> dict[str, str]:
+    """Copies each cached run's ``metrics.jsonl`` into ``<out>/curves/<key>/``.
+
+    The training curves are then committed with the tables, so the plot can be
+    redrawn on a clone without the runs cache. Returns ``{label: dir}`` of every
+    stored curve (a ``plots.plot_training_curves`` argument).
+    """
+    curves = {}
+    for key, item in found.items():
+        dst_dir = os.path.join(out, "curves", key)
+        src = os.path.join(item["workdir"] or "", "metrics.jsonl")
+        if item["workdir"] and os.path.exists(src):
+            os.makedirs(dst_dir, exist_ok=True)
+            shutil.copyfile(src, os.path.join(dst_dir, "metrics.jsonl"))
+        if os.path.exists(os.path.join(dst_dir, "metrics.jsonl")):
+            curves[item["label"]] = dst_dir
+    return curves
+
+
 def results_table(found: dict[str, dict]) -> tuple[dict, list[str]]:
     rows, columns = {}, ["Clean"]
     for key, item in found.items():
@@ -495,7 +547,8 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
 
     out = os.path.join(results_dir, dataset, scale)
     os.makedirs(out, exist_ok=True)
-    found = collect(dataset, scale, runs_dir)
+    summary_path = os.path.join(out, "lbgat_summary.json")
+    found = merge_committed(collect(dataset, scale, runs_dir), _read_json(summary_path))
     rows, columns = results_table(found)
     summary = {"dataset": dataset, "scale": scale, "runs": {}, "columns": columns}
     for key, item in found.items():
@@ -538,13 +591,13 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
                                 ylabel="AutoAttack accuracy (%)",
                                 title=f"{dataset} ({scale}): AA robustness vs accuracy",
                                 highlight=[p for p in pts if p.startswith("LBGAT")])
-    curves = {it["label"]: it["workdir"] for it in found.values()
-              if os.path.exists(os.path.join(it["workdir"], "metrics.jsonl"))}
+    curves = store_curves(found, out)
     if curves:
         plots.plot_training_curves(curves, os.path.join(out, "training_curves.png"),
                                    title=f"{dataset} ({scale}) training curves")
+    # The t-SNE needs the two models' checkpoints, i.e. both runs in the cache.
     pair = [k for k in ("trades6", "lbgat_trades0") if found.get(k, {}).get("train", {})
-            .get("finished")]
+            .get("finished") and found[k]["workdir"]]
     if len(pair) == 2 and tsne_n > 0:
         tsne_path = os.path.join(out, "logit_tsne.png")
         if not os.path.exists(tsne_path):
@@ -557,7 +610,7 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
             plots.plot_logit_tsne(logits, tsne_path,
                                   title=f"{dataset} ({scale}): t-SNE of test logits "
                                         f"({tsne_n} images)")
-    _write_json(os.path.join(out, "lbgat_summary.json"), summary)
+    _write_json(summary_path, summary)
     return summary
 
 

@@ -1,0 +1,115 @@
+"""The studies keep committed results that the (untracked) runs cache lacks.
+
+On a fresh clone ``experiments/runs`` is empty. Before the merge, one
+``lbgat_study --only=x`` (or a ``--report_only``) rewrote the committed
+summary with the cache's runs alone and dropped every earlier number.
+"""
+
+import json
+import os
+
+from experiments import ladder_study, lbgat_study
+
+
+def _write(path, payload):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        if isinstance(payload, str):
+            f.write(payload)
+        else:
+            json.dump(payload, f)
+
+
+def _col(acc, n=1000):
+    return {"accuracy": acc, "n": n}
+
+
+def test_lbgat_write_results_merges_cache_into_committed_summary(tmp_path):
+    runs, results = str(tmp_path / "runs"), str(tmp_path / "results")
+    out = os.path.join(results, "mnist", "cpu")
+    _write(os.path.join(out, "lbgat_summary.json"), {"runs": {
+        # Only in the committed summary: kept as it is.
+        "natural": {"label": "Natural", "trained": True, "train_seconds": 10.0,
+                    "train_command": "cmd-natural",
+                    "eval": {"Clean": _col(99.0), "PGD-40": _col(0.5)}},
+        # In both, same command: the cache's columns win, AA comes from the summary.
+        "trades6": {"label": "TRADES (α=6)", "trained": True,
+                    "train_seconds": 50.0, "train_command": "cmd-trades",
+                    "eval": {"Clean": _col(90.0), "PGD-40": _col(40.0), "AA": _col(20.0)}},
+        # In both, retrained with another command: the summary's numbers are stale.
+        "lbgat": {"label": "LBGAT", "trained": True, "train_seconds": 5.0,
+                  "train_command": "cmd-old", "eval": {"Clean": _col(50.0), "AA": _col(9.0)}},
+    }})
+    for key, command, ev in (("trades6", "cmd-trades", {"Clean": _col(91.0),
+                                                         "PGD-40": _col(41.0)}),
+                             ("lbgat", "cmd-new", {"Clean": _col(60.0),
+                                                   "PGD-40": _col(30.0)})):
+        wd = lbgat_study.run_workdir(runs, "mnist", "cpu", key)
+        _write(os.path.join(wd, "study_train.json"),
+               {"finished": True, "train_seconds": 1.0, "command": command})
+        _write(os.path.join(wd, "study_eval.json"),
+               {"results": {c: dict(r, hash="h") for c, r in ev.items()}})
+    _write(os.path.join(lbgat_study.run_workdir(runs, "mnist", "cpu", "trades6"),
+                        "metrics.jsonl"),
+           '{"step": 8, "loss": 1.5, "train/adv_acc": 0.4, "lr": 0.05}\n'
+           '{"step": 16, "loss": 1.2, "train/adv_acc": 0.5, "lr": 0.05}\n')
+
+    summary = lbgat_study.write_results("mnist", "cpu", runs, results, tsne_n=0, cpu=True)
+
+    got = {k: {c: r["accuracy"] for c, r in v["eval"].items()}
+           for k, v in summary["runs"].items()}
+    assert got == {"natural": {"Clean": 99.0, "PGD-40": 0.5},
+                   "trades6": {"Clean": 91.0, "PGD-40": 41.0, "AA": 20.0},
+                   "lbgat": {"Clean": 60.0, "PGD-40": 30.0}}
+    assert list(summary["runs"]) == ["natural", "trades6", "lbgat"]  # priority order
+    assert summary["runs"]["natural"]["train_command"] == "cmd-natural"
+    assert summary["runs"]["lbgat"]["train_command"] == "cmd-new"
+    # The table has every row, and the curve is stored beside it for later clones.
+    table = open(os.path.join(out, "lbgat_table.md")).read()
+    assert "| Natural |" in table and "| 99.00 |" in table and "| 20.00 |" in table
+    stored = os.path.join(out, "curves", "trades6", "metrics.jsonl")
+    assert os.path.exists(stored) and os.path.exists(os.path.join(out, "training_curves.png"))
+
+    # A second clone (empty cache): the file it writes is the one it read.
+    before = open(os.path.join(out, "lbgat_summary.json")).read()
+    again = lbgat_study.write_results("mnist", "cpu", str(tmp_path / "empty"), results,
+                                      tsne_n=0, cpu=True)
+    assert open(os.path.join(out, "lbgat_summary.json")).read() == before
+    assert again["runs"]["trades6"]["eval"]["PGD-40"]["accuracy"] == 41.0
+
+
+def test_ladder_merge_keeps_committed_parts_and_counts_commands_once():
+    def cmd(part, stage, seconds):
+        return {"part": part, "stage": stage, "command": f"run {part}/{stage}",
+                "seconds": seconds, "returncode": 0}
+
+    committed = {"dataset": "mnist", "scale": "cpu",
+                 "commands": [cmd("main", "classifier", 250.0), cmd("main", "svm", 30.0)],
+                 "vanilla": {"test_accuracy": 98.9}, "table": {"rows": {"old": {}}}}
+    fresh = {"dataset": "mnist", "scale": "cpu",
+             "commands": [cmd("main", "svm", 2.0), cmd("eps2", "finetune", 80.0)],
+             "table": {"rows": {"new": {}}}}
+    merged = ladder_study.merge_committed(fresh, committed)
+    assert merged["vanilla"] == {"test_accuracy": 98.9}  # the cache lacked it
+    assert merged["table"] == {"rows": {"new": {}}}  # the cache's result wins
+    # The svm stage is the cache's (its log holds every invocation it ran):
+    # neither dropped nor summed twice with the committed 30 s.
+    assert [(c["part"], c["stage"], c["seconds"]) for c in merged["commands"]] == [
+        ("main", "classifier", 250.0), ("main", "svm", 2.0), ("eps2", "finetune", 80.0)]
+    assert list(merged) == ["dataset", "scale", "commands", "vanilla", "table"]
+    # An empty cache leaves the committed summary exactly as it was.
+    assert ladder_study.merge_committed({"dataset": "mnist", "scale": "cpu", "commands": []},
+                                        committed) == committed
+
+
+def test_ladder_report_on_an_empty_cache_keeps_the_committed_fig9_rows(tmp_path):
+    out = tmp_path / "results" / "mnist" / "cpu"
+    rows = {"ε=0.1": {"Clean": 99.1, "FGSM": 6.7, "PGD": 0.2},
+            "ε=2": {"Clean": 99.0, "FGSM": 6.8, "PGD": 0.2}}
+    _write(str(out / "ladder_summary.json"),
+           {"dataset": "mnist", "scale": "cpu", "commands": [],
+            "fig9": {"rows": rows, "vanilla": {"Clean": 98.9}}})
+    summary = ladder_study.write_results("mnist", "cpu", str(tmp_path / "runs"),
+                                         str(tmp_path / "results"))
+    assert summary["fig9"]["rows"] == rows
+    assert "| ε=2 |" in (out / "ladder_fig9_eps.md").read_text()
