@@ -374,12 +374,17 @@ def _train_svms(ctx: Context) -> dict:
         "train_accuracy": np.asarray(res.train_acc).tolist(),
         "heldout_accuracy": np.asarray(res.heldout_acc).tolist(),
         "w_norm": np.linalg.norm(np.asarray(params.w), axis=1).tolist(),
+        "init_cos": np.asarray(res.init_cos).tolist(),
         "samples_per_class": int(class_z.shape[1]),
         "attention_exp": s.attention_exp,
     }
     with open(f"{out}/report.json", "w") as f:
         json.dump(report, f, indent=2)
+    warning = attention_svm.stale_normal_warning(res.init_cos)
+    if warning:
+        log.warning(warning)
     return {"mean_train_accuracy": float(np.mean(res.train_acc)),
+            "mean_init_cos": float(np.mean(res.init_cos)),
             "mean_heldout_accuracy": float(np.mean(res.heldout_acc)),
             "min_heldout_accuracy": float(np.min(res.heldout_acc)),
             "mean_w_norm": float(np.mean(report["w_norm"])),

@@ -27,6 +27,17 @@ def test_configs_validate(name, variant):
     assert c.svm.attention_exp  # the code's behaviour is the default
 
 
+@pytest.mark.parametrize("name", ("mnist", "svhn"))
+def test_svm255_turns_on_only_the_svm_pixel_scale(name):
+    module = importlib.import_module(f"configs.ladder.{name}")
+    base, svm255 = module.get_config().to_dict(), module.get_config("svm255")
+    validate_config(svm255)
+    svm255 = svm255.to_dict()
+    assert svm255["svm"].pop("legacy_pixel_scale") is True
+    assert base["svm"].pop("legacy_pixel_scale") is False
+    assert svm255 == base
+
+
 def test_paper_hyperparameters():
     mnist = importlib.import_module("configs.ladder.mnist").get_config()
     assert (mnist.classifier.lr, mnist.classifier.momentum, mnist.classifier.batch_size) == \

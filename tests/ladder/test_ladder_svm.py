@@ -115,3 +115,35 @@ def test_legacy_unordered_cache_shares_attention():
         i, j = table[y, t], table[max(y, t), min(y, t)]
         assert out.att_w[i, 0, 0] == j and out.att_b[i, 0] == j  # attention of (max, min)
         assert out.w[i, 0] == i and out.b[i] == i  # own normal and bias
+
+
+def test_init_cos_measures_how_far_the_hinge_moved_the_normal():
+    # The code's SVM settings (c = 0.01, lr 0.01, 10 epochs, batch 1). On
+    # small latents the hinge barely moves w off its random init; on latents
+    # 255x larger (the authors' MNIST/SVHN x*255 inputs) w leaves it.
+    rng = np.random.default_rng(0)
+    dim, n = 64, 200
+    shift = np.zeros(dim, np.float32)
+    shift[:8] = 0.5
+    z_src = np.abs(rng.normal(size=(n, dim))).astype(np.float32)
+    z_tgt = (np.abs(rng.normal(size=(n, dim))) + shift).astype(np.float32)
+    kw = dict(test_size=0.33, c=0.01, lr=0.01, epochs=10, batch_size=1, use_exp=True)
+    fit = jax.jit(A.train_pair, static_argnames=tuple(kw))
+    key = jax.random.key(0)
+    cos = {}
+    for scale in (1.0, 255.0):
+        res = fit(key, jnp.asarray(z_src * scale), jnp.asarray(z_tgt * scale), **kw)
+        w0 = np.asarray(A.plan_pair(key, n, dim, test_size=0.33, epochs=10,
+                                    batch_size=1).params0.w)
+        w = np.asarray(res.params.w)
+        expected = w @ w0 / (np.linalg.norm(w) * np.linalg.norm(w0))
+        assert float(res.init_cos) == pytest.approx(expected, abs=1e-5)
+        cos[scale] = float(res.init_cos)
+    assert cos[1.0] > 0.8 and cos[255.0] < 0.2
+
+
+def test_stale_normal_warning_names_the_cause_and_the_flag():
+    assert A.stale_normal_warning(np.array([0.1, 0.3])) is None
+    assert A.stale_normal_warning(np.array([0.9, 0.9])) is None  # at the threshold
+    msg = A.stale_normal_warning(np.array([0.95, 0.97]))
+    assert "0.960" in msg and "svm.legacy_pixel_scale" in msg
