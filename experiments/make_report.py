@@ -25,7 +25,7 @@ from typing import Any, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 OUT = os.path.join(REPO, "experiments", "RESULTS.md")
-SCALE_ORDER = ("full", "cpu60k", "cpu", "cpu_lr01", "smoke")
+SCALE_ORDER = ("full", "cpu60k", "cpu", "cpu_svm255", "cpu_lr01", "smoke")
 DATASET_ORDER = ("mnist", "fashion_mnist")
 # ladder_jax.evaluate scores clean accuracy on the whole test split (10k for
 # MNIST and Fashion-MNIST) and the attacks on the summary's first eval_n images.
@@ -413,6 +413,10 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
         L.append(f"| attention SVMs: mean / min held-out accuracy ({svm.get('num_pairs')} "
                  f"ordered pairs) | {_f(100 * svm.get('mean_heldout_accuracy', float('nan')))}"
                  f" / {_f(100 * svm.get('min_heldout_accuracy', float('nan')))} % | — |")
+        if svm.get("mean_w_norm") is not None:
+            # PyTorch's default init alone gives the fc weight norm 1/sqrt(3).
+            L.append(f"| attention SVMs: mean ‖w‖ (its random init: ≈ 0.577) | "
+                     f"{svm['mean_w_norm']:.3f} | — |")
     for v, info in (s.get("generate") or {}).items():
         L.append(f"| generated {v}: count / fooling rate on vanilla | {info.get('count')} / "
                  f"{_f(100 * info.get('fooling_rate', float('nan')))} % | "
@@ -452,7 +456,11 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
              "PGD Adv 81.00 / −"),
             ("ladder_fig9_eps.md", "Fig. 9 analogue (ε study)",
              "paper: clean accuracy varies within 1.56 points over ε ∈ {0.1 … 20}, close "
-             "to vanilla for ε < 7")):
+             "to vanilla for ε < 7"),
+            ("ladder_direction_check.md", "Direction check (`experiments."
+             "ladder_direction_check`: is d the SVM's boundary normal or its random init?)",
+             "paper Fig. 7: along d a 2 turns into a 3 between ε = 7 and ε = 9; Fig. 10: "
+             "images morph toward the target class over ε = 0.5 … 30")):
         t = _read(os.path.join(d, name))
         if t:
             head = t.split("\n", 1)[0].replace("## ", "") if t.startswith("## ") else ""

@@ -7,10 +7,11 @@ import pytest
 from experiments import ladder_study
 
 
+@pytest.mark.parametrize("scale", ("cpu", "cpu_svm255"))
 @pytest.mark.parametrize("dataset", ladder_study.DATASETS)
-def test_ladder_cpu_overrides_name_existing_config_fields(dataset):
+def test_ladder_cpu_overrides_name_existing_config_fields(dataset, scale):
     config = importlib.import_module(f"configs.ladder.{dataset}").get_config("")
-    for key, value in ladder_study.scale_overrides("cpu").items():
+    for key, value in ladder_study.scale_overrides(scale).items():
         node = config
         for part in key.split("."):
             assert part in node, f"{key}: no field {part!r} in configs/ladder/{dataset}.py"
@@ -68,3 +69,20 @@ def test_lbgat_cpu60k_scale_is_the_config_recipe_on_the_whole_split(dataset):
     assert [round(e / recipe.num_epochs * 10) for e in recipe.optim.decay_epochs] == \
         list(config.optim.decay_epochs)
     assert "dataset.train_limit" not in overrides and "optim.lr" not in overrides
+
+
+def test_ladder_svm255_scale_is_cpu_with_the_authors_svm_inputs(tmp_path):
+    from ladder_jax.workdir import Workdir
+
+    cpu = ladder_study.scale_overrides("cpu")
+    svm255 = ladder_study.scale_overrides("cpu_svm255")
+    assert svm255.pop("svm.legacy_pixel_scale") is True
+    assert svm255 == cpu
+    # The stages it links from `cpu` keep their fingerprints (so the copied
+    # markers are valid); the SVMs and everything downstream change.
+    wd = {s: Workdir(str(tmp_path / s), ladder_study._load_config("mnist", s).to_dict())
+          for s in ("cpu", "cpu_svm255")}
+    for stage in ladder_study.UPSTREAM_STAGES:
+        assert wd["cpu"].stage_fingerprint(stage) == wd["cpu_svm255"].stage_fingerprint(stage)
+    for stage in ("svm", "generate", "finetune", "evaluate"):
+        assert wd["cpu"].stage_fingerprint(stage) != wd["cpu_svm255"].stage_fingerprint(stage)
