@@ -64,6 +64,8 @@ SCALES = ("smoke", "cpu", "cpu_svm255", "full")
 # perturb the latents of one vanilla model and decode with one generator.
 UPSTREAM_SCALE = {"cpu_svm255": "cpu"}
 UPSTREAM_STAGES = ("classifier", "latents", "generator")
+UPSTREAM_DIRS = ("models/vanilla", "latents", "generator")
+UPSTREAM_MARKERS = ("classifier", "latents", "generator__ae", "generator__gan")
 DATASETS = ("mnist", "fashion_mnist")
 STAGES = ("classifier", "latents", "generator", "svm", "generate", "finetune", "evaluate")
 FIG9_EPS = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
@@ -187,7 +189,7 @@ def run_main(log: Log, dataset: str, scale: str, root: str) -> str:
         up_wd = os.path.join(os.path.dirname(root), up, "ladder")
         for stage in UPSTREAM_STAGES:
             run_stage(log, f"main ({up})", dataset, up, stage, up_wd, scale_overrides(up))
-        _link_upstream(up_wd, workdir, SHARED_DIRS[:-1], SHARED_MARKERS[:-1])
+        _link_upstream(up_wd, workdir, UPSTREAM_DIRS, UPSTREAM_MARKERS)
         stages = tuple(s for s in STAGES if s not in UPSTREAM_STAGES)
     for stage in stages:
         run_stage(log, "main", dataset, scale, stage, workdir, over)
@@ -198,7 +200,9 @@ def _link_upstream(main_wd: str, eps_wd: str, dirs=SHARED_DIRS, markers=SHARED_M
     """Shares ``main_wd``'s vanilla model, latents, generator and (by default) SVMs.
 
     The markers are copied, so a linked stage is skipped only while its
-    fingerprint still matches: a config change upstream re-runs it.
+    fingerprint still matches. A stage re-run in the linking workdir writes
+    through the symlink into ``main_wd``'s files, so the scales that share
+    stages must not run at the same time.
     """
     for rel in dirs:
         src, dst = os.path.join(main_wd, rel), os.path.join(eps_wd, rel)
@@ -321,7 +325,8 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     for variant in ("ladder", "cavRandom", "random"):
         m = _read_json(os.path.join(main_wd, "markers", f"generate__{variant}.json"))
         if m:
-            summary.setdefault("generate", {})[variant] = m["info"]
+            summary.setdefault("generate", dict(committed.get("generate") or {}))[variant] = \
+                m["info"]
     for name in ("table", "table5", "table8"):
         src = os.path.join(main_wd, "evaluate", name + ".md")
         if os.path.exists(src):
@@ -346,7 +351,9 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
                                                            arrays["pred"][:k])]
         plots.image_grid(imgs, os.path.join(out, "ladder_pairs.png"), nrow=2, titles=titles,
                          suptitle=f"{dataset} ({scale}): clean x (top) and LADDER x̂ (bottom)")
-    wb = _read_json(os.path.join(main_wd, "whitebox.json")) or committed.get("whitebox")
+    # Per model row: a white-box run that reached only some models keeps the rest.
+    wb = {**(committed.get("whitebox") or {}),
+          **(_read_json(os.path.join(main_wd, "whitebox.json")) or {})}
     if wb:
         rows = {DISPLAY_NAMES.get(r, r): {"Clean": v["clean"],
                                           "FGSM": None if r == "fgsm" else v["FGSM"],
@@ -385,6 +392,10 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     return summary
 
 
+# Summary keys that identify the models every table was computed from.
+UPSTREAM_KEYS = ("vanilla", "generator", "svm")
+
+
 def merge_committed(fresh: dict, committed: dict) -> dict:
     """The summary built from the runs cache, completed from the committed one.
 
@@ -394,7 +405,25 @@ def merge_committed(fresh: dict, committed: dict) -> dict:
     where it has them. Stage commands are kept per (part, stage, command): the
     committed ones the cache's log does not list, then the cache's own (its log
     already holds every invocation it ran, so nothing is counted twice).
+
+    Completing is only sound if both hold the same upstream models: a cache
+    whose vanilla model, generator or SVMs differ from the committed ones
+    (retrained on other code, say) would mix new upstream figures with tables
+    of the old models. Such a cache must then hold every result the committed
+    summary has (it replaces it whole); otherwise this raises.
     """
+    differs = [k for k in UPSTREAM_KEYS
+               if fresh.get(k) is not None and committed.get(k) is not None
+               and _upstream_identity(fresh[k]) != _upstream_identity(committed[k])]
+    if differs:
+        lacking = [k for k in committed if k not in fresh and k != "commands"]
+        if lacking:
+            raise ValueError(
+                f"the runs cache's {', '.join(differs)} differ from the committed summary's, "
+                f"and the cache lacks {', '.join(lacking)}: merging would mix results of "
+                f"different models. Re-run the missing parts on this cache, or write to "
+                f"another --results_dir.")
+        return fresh
     def key(c):
         return c["part"], c["stage"], c["command"]
 
@@ -406,6 +435,11 @@ def merge_committed(fresh: dict, committed: dict) -> dict:
     order = list(committed) + [k for k in fresh if k not in committed]
     return {k: commands if k == "commands" else fresh.get(k, committed.get(k))
             for k in order}
+
+
+def _upstream_identity(info: dict) -> dict:
+    """An upstream stage's result without its wall time (which varies run to run)."""
+    return {k: v for k, v in info.items() if k != "seconds"}
 
 
 def _plot_eps(rows: dict, vanilla: dict, path: str, title: str) -> None:

@@ -467,6 +467,8 @@ def merge_committed(found: dict[str, dict], committed: Optional[dict]) -> dict[s
     the same command, the cache's columns win and the summary's fill in the
     columns the cache has not measured again; a run trained with another command
     is taken from the cache alone, since the summary's numbers are of another model.
+    A cached run still training does not displace a finished committed one: the
+    summary keeps the finished model until the new one has finished too.
     """
     merged = dict(found)
     for key, r in ((committed or {}).get("runs") or {}).items():
@@ -474,33 +476,40 @@ def merge_committed(found: dict[str, dict], committed: Optional[dict]) -> dict[s
                   "train": {"finished": r.get("trained"), "train_seconds": r.get("train_seconds"),
                             "command": r.get("train_command")},
                   "eval": dict(r.get("eval") or {}), "workdir": None}
-        if key not in merged:
+        cached = merged.get(key)
+        if cached is None or (stored["train"]["finished"]
+                              and not cached["train"].get("finished")):
             merged[key] = stored
-        elif merged[key]["train"].get("command") == stored["train"]["command"]:
-            merged[key] = dict(merged[key], eval={**stored["eval"], **merged[key]["eval"]})
+        elif cached["train"].get("command") == stored["train"]["command"]:
+            merged[key] = dict(cached, eval={**stored["eval"], **cached["eval"]})
     # The study's priority order, then anything else, as ``collect`` returns it.
     order = [r.key for r in RUNS + EXTRA_RUNS]
     return dict(sorted(merged.items(),
                        key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
-def store_curves(found: dict[str, dict], out: str) -> dict[str, str]:
-    """Copies each cached run's ``metrics.jsonl`` into ``<out>/curves/<key>/``.
+def store_curves(found: dict[str, dict], out: str) -> tuple[dict[str, str], list[str]]:
+    """Copies each finished cached run's ``metrics.jsonl`` into ``<out>/curves/<key>/``.
 
     The training curves are then committed with the tables, so the plot can be
     redrawn on a clone without the runs cache. Returns ``{label: dir}`` of every
-    stored curve (a ``plots.plot_training_curves`` argument).
+    stored curve (a ``plots.plot_training_curves`` argument) and the keys of
+    finished runs with no curve stored (runs from before curves were stored,
+    whose cache is gone): the caller must not redraw a plot that had them.
     """
-    curves = {}
+    curves, missing = {}, []
     for key, item in found.items():
         dst_dir = os.path.join(out, "curves", key)
         src = os.path.join(item["workdir"] or "", "metrics.jsonl")
-        if item["workdir"] and os.path.exists(src):
+        finished = bool(item["train"].get("finished"))
+        if finished and item["workdir"] and os.path.exists(src):
             os.makedirs(dst_dir, exist_ok=True)
             shutil.copyfile(src, os.path.join(dst_dir, "metrics.jsonl"))
         if os.path.exists(os.path.join(dst_dir, "metrics.jsonl")):
             curves[item["label"]] = dst_dir
-    return curves
+        elif finished:
+            missing.append(key)
+    return curves, missing
 
 
 def results_table(found: dict[str, dict]) -> tuple[dict, list[str]]:
@@ -591,9 +600,13 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
                                 ylabel="AutoAttack accuracy (%)",
                                 title=f"{dataset} ({scale}): AA robustness vs accuracy",
                                 highlight=[p for p in pts if p.startswith("LBGAT")])
-    curves = store_curves(found, out)
-    if curves:
-        plots.plot_training_curves(curves, os.path.join(out, "training_curves.png"),
+    curves, missing = store_curves(found, out)
+    curves_png = os.path.join(out, "training_curves.png")
+    if missing and os.path.exists(curves_png):
+        # Redrawing would drop these runs from a plot that shows them.
+        print(f"training curves not redrawn: no stored curve for {', '.join(missing)}")
+    elif curves:
+        plots.plot_training_curves(curves, curves_png,
                                    title=f"{dataset} ({scale}) training curves")
     # The t-SNE needs the two models' checkpoints, i.e. both runs in the cache.
     pair = [k for k in ("trades6", "lbgat_trades0") if found.get(k, {}).get("train", {})

@@ -417,6 +417,9 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
             # PyTorch's default init alone gives the fc weight norm 1/sqrt(3).
             L.append(f"| attention SVMs: mean ‖w‖ (its random init: ≈ 0.577) | "
                      f"{svm['mean_w_norm']:.3f} | — |")
+        if svm.get("mean_init_cos") is not None:  # summaries from before it lack it
+            L.append(f"| attention SVMs: mean cos(w, w at init) (near 1: d is mostly its "
+                     f"random init) | {svm['mean_init_cos']:.3f} | — |")
     for v, info in (s.get("generate") or {}).items():
         L.append(f"| generated {v}: count / fooling rate on vanilla | {info.get('count')} / "
                  f"{_f(100 * info.get('fooling_rate', float('nan')))} % | "

@@ -113,3 +113,77 @@ def test_ladder_report_on_an_empty_cache_keeps_the_committed_fig9_rows(tmp_path)
                                          str(tmp_path / "results"))
     assert summary["fig9"]["rows"] == rows
     assert "| ε=2 |" in (out / "ladder_fig9_eps.md").read_text()
+
+
+def _cache_run(runs, key, command, finished, ev, curve=None):
+    wd = lbgat_study.run_workdir(runs, "mnist", "cpu", key)
+    _write(os.path.join(wd, "study_train.json"),
+           {"finished": finished, "train_seconds": 1.0, "command": command})
+    _write(os.path.join(wd, "study_eval.json"),
+           {"results": {c: dict(r, hash="h") for c, r in ev.items()}})
+    if curve:
+        _write(os.path.join(wd, "metrics.jsonl"), curve)
+
+
+def test_lbgat_unfinished_cached_run_keeps_the_committed_finished_one(tmp_path):
+    runs, results = str(tmp_path / "runs"), str(tmp_path / "results")
+    out = os.path.join(results, "mnist", "cpu")
+    committed = {"label": "LBGAT", "trained": True, "train_seconds": 500.0,
+                 "train_command": "cmd", "eval": {"Clean": _col(60.0), "AA": _col(9.0)}}
+    _write(os.path.join(out, "lbgat_summary.json"), {"runs": {"lbgat": committed}})
+    _cache_run(runs, "lbgat", "cmd-other", False, {})  # retraining, not finished yet
+    summary = lbgat_study.write_results("mnist", "cpu", runs, results, tsne_n=0, cpu=True)
+    row = summary["runs"]["lbgat"]
+    assert row["trained"] and row["train_seconds"] == 500.0 and row["train_command"] == "cmd"
+    assert {c: r["accuracy"] for c, r in row["eval"].items()} == {"Clean": 60.0, "AA": 9.0}
+    assert "lbgat" not in summary["not_run"]
+
+
+def test_lbgat_curves_plot_is_not_redrawn_without_every_finished_runs_curve(tmp_path):
+    runs, results = str(tmp_path / "runs"), str(tmp_path / "results")
+    out = os.path.join(results, "mnist", "cpu")
+    # "natural" finished before curves were stored: its curve is only in the old plot.
+    _write(os.path.join(out, "lbgat_summary.json"), {"runs": {"natural": {
+        "label": "Natural", "trained": True, "train_seconds": 1.0, "train_command": "n",
+        "eval": {"Clean": _col(99.0)}}}})
+    _write(os.path.join(out, "training_curves.png"), "old plot")
+    curve = '{"step": 8, "loss": 1.5, "train/acc": 0.4, "lr": 0.05}\n'
+    _cache_run(runs, "trades6", "t", True, {"Clean": _col(90.0)}, curve)
+    _cache_run(runs, "lbgat", "l", False, {}, curve)  # unfinished: its curve is not stored
+    lbgat_study.write_results("mnist", "cpu", runs, results, tsne_n=0, cpu=True)
+    assert open(os.path.join(out, "training_curves.png")).read() == "old plot"
+    assert os.path.exists(os.path.join(out, "curves", "trades6", "metrics.jsonl"))
+    assert not os.path.exists(os.path.join(out, "curves", "lbgat"))
+
+
+def test_ladder_merge_refuses_to_mix_tables_of_another_vanilla_model():
+    committed = {"dataset": "mnist", "commands": [], "vanilla": {"test_accuracy": 98.93,
+                                                                 "seconds": 250.0},
+                 "table": {"rows": {"old": {}}}}
+    same = {"dataset": "mnist", "commands": [], "vanilla": {"test_accuracy": 98.93,
+                                                            "seconds": 300.0}}
+    assert ladder_study.merge_committed(same, committed)["table"] == {"rows": {"old": {}}}
+    other = {"dataset": "mnist", "commands": [], "vanilla": {"test_accuracy": 98.96}}
+    try:
+        ladder_study.merge_committed(other, committed)
+    except ValueError as e:
+        assert "vanilla" in str(e) and "table" in str(e)
+    else:
+        raise AssertionError("a cache with another vanilla model was merged")
+    # A cache that re-ran everything replaces the committed summary whole.
+    complete = dict(other, table={"rows": {"new": {}}})
+    assert ladder_study.merge_committed(complete, committed) == complete
+
+
+def test_ladder_partial_whitebox_run_keeps_the_committed_rows(tmp_path):
+    out = tmp_path / "results" / "mnist" / "cpu"
+    rows = {m: {"clean": 99.0, "FGSM": 7.0, "PGD": 0.1, "n": 1000} for m in ("vanilla", "pgd")}
+    _write(str(out / "ladder_summary.json"), {"dataset": "mnist", "scale": "cpu",
+                                               "commands": [], "whitebox": rows})
+    wd = tmp_path / "runs" / "ladder"
+    _write(str(wd / "whitebox.json"), {"vanilla": dict(rows["vanilla"], FGSM=8.0)})
+    summary = ladder_study.write_results("mnist", "cpu", str(tmp_path / "runs"),
+                                         str(tmp_path / "results"))
+    assert set(summary["whitebox"]) == {"vanilla", "pgd"}
+    assert summary["whitebox"]["vanilla"]["FGSM"] == 8.0
+    assert "| PGD Adv |" in (out / "ladder_table7_whitebox.md").read_text()
