@@ -3,6 +3,7 @@
     python -m experiments.ladder_study --dataset=mnist --scale=smoke
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --parts=main
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --parts=eps,whitebox
+    python -m experiments.ladder_study --dataset=mnist --scale=cpu_svm255 --parts=variants
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --report_only
 
 Drives the ``ladder_jax`` CLI, one subprocess per stage, so the command
@@ -23,6 +24,9 @@ in ``ladder_study.json`` with its wall time):
   Song et al.'s attack, which is not implemented). Each ε has its own workdir
   whose upstream stages (vanilla model, latents, generator, SVMs) are
   symlinks to the main run's, so they are never recomputed.
+* ``variants`` (not in the default ``--parts``): Table 2's direction ablation
+  (LADDER vs cavRandom vs Random) at ``--variants_eps`` (10), where the
+  boundary normal of ``cpu_svm255`` actually crosses the boundary.
 * ``whitebox``: Table 7 analogue: FGSM and PGD (ε = 0.3) crafted on each
   fine-tuned LeNet itself (white box). CW-L2 and JSMA white-box are left out
   (cost); so is Song et al. (not implemented).
@@ -69,6 +73,11 @@ UPSTREAM_MARKERS = ("classifier", "latents", "generator__ae", "generator__gan")
 DATASETS = ("mnist", "fashion_mnist")
 STAGES = ("classifier", "latents", "generator", "svm", "generate", "finetune", "evaluate")
 FIG9_EPS = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
+# The ``variants`` part's ε: fixed from ``ladder_direction_check`` on training
+# images only (MNIST, x·255 SVMs: 80 % of latents cross the boundary at ε = 10,
+# beside the paper's Fig. 7 range of 7-9), not from any test result.
+VARIANTS_EPS = 10.0
+VARIANT_ROWS = ("ladder", "cavRandom", "random")
 SMOKE_EPS = (0.5, 5.0)
 # Upstream of generation: shared by every ε workdir.
 SHARED_DIRS = ("models/vanilla", "latents", "generator", "svm")
@@ -234,6 +243,28 @@ def run_eps(log: Log, dataset: str, scale: str, root: str, eps_values) -> None:
             run_stage(log, f"eps{eps:g}", dataset, scale, stage, wd, over)
 
 
+def run_variants(log: Log, dataset: str, scale: str, root: str, eps: float) -> None:
+    """Table 2's direction ablation (LADDER vs cavRandom vs Random) at one ε.
+
+    The main run generates at the config's ε = 0.5 (the job script's), where
+    even a boundary-crossing normal moves a latent by a few % of its norm, so
+    the three variants fine-tune on nearly the same pairs. This part repeats
+    generation, fine-tuning and the full black-box evaluation of the three
+    rows at ``eps`` in a workdir sharing the main run's upstream stages.
+    """
+    main_wd = os.path.join(root, "ladder")
+    if not os.path.exists(os.path.join(main_wd, "markers", "svm.json")):
+        raise RuntimeError("the variants part needs the main run's svm stage first "
+                           "(--parts=main)")
+    wd = os.path.join(root, "variants", f"eps{eps:g}")
+    _link_upstream(main_wd, wd)
+    over = dict(scale_overrides(scale))
+    over.update({"generate.variants": VARIANT_ROWS, "generate.eps_list": (float(eps),),
+                 "finetune.eps": float(eps), "finetune.rows": VARIANT_ROWS})
+    for stage in ("generate", "finetune", "evaluate"):
+        run_stage(log, f"variants_eps{eps:g}", dataset, scale, stage, wd, over)
+
+
 def run_whitebox(dataset: str, scale: str, root: str) -> dict:
     """Table 7 analogue: FGSM / PGD at ε = 0.3 crafted on each fine-tuned model."""
     import jax
@@ -387,6 +418,17 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
         summary["fig9"] = {"rows": eps_rows, "vanilla": van}
         _plot_eps(eps_rows, van, os.path.join(out, "ladder_fig9_eps.png"),
                   f"{dataset} ({scale}): LADDER vs ε")
+    variants = dict(committed.get("variants") or {})
+    var_root = os.path.join(root, "variants")
+    if os.path.isdir(var_root):
+        for name in os.listdir(var_root):
+            t = _read_json(os.path.join(var_root, name, "evaluate", "table.json"))
+            if t:
+                variants[f"ε={float(name[3:]):g}"] = t
+                shutil.copyfile(os.path.join(var_root, name, "evaluate", "table.md"),
+                                os.path.join(out, f"ladder_variants_{name}.md"))
+    if variants:
+        summary["variants"] = variants
     summary = merge_committed(summary, committed)
     _write_json(summary_path, summary)
     return summary
@@ -472,7 +514,11 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default="mnist", choices=DATASETS)
     parser.add_argument("--scale", default="cpu", choices=SCALES)
     parser.add_argument("--parts", default="main,eps,whitebox",
-                        help="comma-separated: main (stages 1-7), eps (Fig. 9), whitebox (Table 7)")
+                        help="comma-separated: main (stages 1-7), eps (Fig. 9), whitebox "
+                             "(Table 7), variants (LADDER vs cavRandom vs Random at "
+                             "--variants_eps)")
+    parser.add_argument("--variants_eps", type=float, default=VARIANTS_EPS,
+                        help="ε of the variants part")
     parser.add_argument("--eps", default="",
                         help="comma-separated ε values of the ε study (default: Fig. 9's)")
     parser.add_argument("--runs_dir", default=DEFAULT_RUNS)
@@ -483,8 +529,10 @@ def main(argv=None) -> None:
         sys.path.insert(0, REPO)
     parts = [p for p in args.parts.split(",") if p]
     for p in parts:
-        if p not in ("main", "eps", "whitebox"):
-            parser.error(f"--parts entries must be main, eps or whitebox, got {p!r}")
+        if p not in ("main", "eps", "whitebox", "variants"):
+            parser.error(f"--parts entries must be main, eps, whitebox or variants, got {p!r}")
+    if args.variants_eps <= 0:
+        parser.error(f"--variants_eps must be > 0, got {args.variants_eps}")
     root = os.path.join(args.runs_dir, args.dataset, args.scale)
     os.makedirs(root, exist_ok=True)
     eps_values = ([float(e) for e in args.eps.split(",") if e] or
@@ -498,6 +546,8 @@ def main(argv=None) -> None:
             run_eps(log, args.dataset, args.scale, root, eps_values)
         if "whitebox" in parts:
             run_whitebox(args.dataset, args.scale, root)
+        if "variants" in parts:
+            run_variants(log, args.dataset, args.scale, root, args.variants_eps)
         print(f"[ladder] wall time {time.time() - t0:.0f}s")
     summary = write_results(args.dataset, args.scale, root, args.results_dir)
     for name in ("table", "table5", "table8"):

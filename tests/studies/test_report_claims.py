@@ -98,3 +98,20 @@ def test_resumed_stage_commands_are_listed_once_with_summed_time():
     assert rows[1]["returncode"] == 0  # the last invocation's
     # A different command line for the same stage (other overrides) is its own row.
     assert len(report.merge_stage_commands([cmd("svm", 1.0), cmd("svm", 2.0, command="x")])) == 2
+
+
+def test_ladder_variants_ablation_is_judged_per_eps():
+    def summary(ladder_jsma):
+        rows = {"Vanilla": {"Clean": 98.9, "FGSM": 7.0, "JSMA": 9.0},
+                "LADDER": {"Clean": 99.1, "FGSM": 8.0, "JSMA": ladder_jsma},
+                "cavRandom": {"Clean": 99.0, "FGSM": 7.5, "JSMA": 40.0},
+                "Random": {"Clean": 99.0, "FGSM": 7.5, "JSMA": 40.0}}
+        return {"variants": {"ε=10": {"rows": rows}}}
+
+    def verdict(s):
+        found = [(c, v) for c, v, _ in report.ladder_claims(s) if "at ε=10" in c]
+        assert len(found) == 1, found
+        return found[0][1]
+
+    assert verdict(summary(45.0)) == "holds"  # LADDER first in all three columns
+    assert verdict(summary(5.0)) == "does not hold"  # JSMA last: ranks 1, 1, 4 = 2.0 > 1.67
