@@ -469,6 +469,12 @@ def merge_committed(found: dict[str, dict], committed: Optional[dict]) -> dict[s
     is taken from the cache alone, since the summary's numbers are of another model.
     A cached run still training does not displace a finished committed one: the
     summary keeps the finished model until the new one has finished too.
+
+    The same command gives the same model only on the same code and XLA build
+    (retraining reproduced every number of the cpu60k and Fashion-MNIST grids,
+    but not the first MNIST cpu grid, trained on older code). So the columns
+    merge only if the two clean accuracies agree on the same images; if they
+    differ the cache is another model and is taken alone.
     """
     merged = dict(found)
     for key, r in ((committed or {}).get("runs") or {}).items():
@@ -480,12 +486,21 @@ def merge_committed(found: dict[str, dict], committed: Optional[dict]) -> dict[s
         if cached is None or (stored["train"]["finished"]
                               and not cached["train"].get("finished")):
             merged[key] = stored
-        elif cached["train"].get("command") == stored["train"]["command"]:
+        elif (cached["train"].get("command") == stored["train"]["command"]
+              and _same_clean(cached["eval"], stored["eval"])):
             merged[key] = dict(cached, eval={**stored["eval"], **cached["eval"]})
     # The study's priority order, then anything else, as ``collect`` returns it.
     order = [r.key for r in RUNS + EXTRA_RUNS]
     return dict(sorted(merged.items(),
                        key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def _same_clean(a: dict, b: dict) -> bool:
+    """False when both evaluations scored clean accuracy on n images and disagree."""
+    ca, cb = a.get("Clean"), b.get("Clean")
+    if not ca or not cb or ca.get("n") != cb.get("n"):
+        return True  # nothing to compare: trust the command
+    return abs(ca["accuracy"] - cb["accuracy"]) < 1e-6
 
 
 def store_curves(found: dict[str, dict], out: str) -> tuple[dict[str, str], list[str]]:

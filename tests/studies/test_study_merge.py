@@ -40,7 +40,7 @@ def test_lbgat_write_results_merges_cache_into_committed_summary(tmp_path):
         "lbgat": {"label": "LBGAT", "trained": True, "train_seconds": 5.0,
                   "train_command": "cmd-old", "eval": {"Clean": _col(50.0), "AA": _col(9.0)}},
     }})
-    for key, command, ev in (("trades6", "cmd-trades", {"Clean": _col(91.0),
+    for key, command, ev in (("trades6", "cmd-trades", {"Clean": _col(90.0),
                                                          "PGD-40": _col(41.0)}),
                              ("lbgat", "cmd-new", {"Clean": _col(60.0),
                                                    "PGD-40": _col(30.0)})):
@@ -59,7 +59,7 @@ def test_lbgat_write_results_merges_cache_into_committed_summary(tmp_path):
     got = {k: {c: r["accuracy"] for c, r in v["eval"].items()}
            for k, v in summary["runs"].items()}
     assert got == {"natural": {"Clean": 99.0, "PGD-40": 0.5},
-                   "trades6": {"Clean": 91.0, "PGD-40": 41.0, "AA": 20.0},
+                   "trades6": {"Clean": 90.0, "PGD-40": 41.0, "AA": 20.0},
                    "lbgat": {"Clean": 60.0, "PGD-40": 30.0}}
     assert list(summary["runs"]) == ["natural", "trades6", "lbgat"]  # priority order
     assert summary["runs"]["natural"]["train_command"] == "cmd-natural"
@@ -187,3 +187,17 @@ def test_ladder_partial_whitebox_run_keeps_the_committed_rows(tmp_path):
     assert set(summary["whitebox"]) == {"vanilla", "pgd"}
     assert summary["whitebox"]["vanilla"]["FGSM"] == 8.0
     assert "| PGD Adv |" in (out / "ladder_table7_whitebox.md").read_text()
+
+
+def test_lbgat_same_command_but_another_model_is_not_merged(tmp_path):
+    # Retrained on other code: same command, different clean accuracy. The
+    # committed AA is of the old model and must not sit in the new model's row.
+    runs, results = str(tmp_path / "runs"), str(tmp_path / "results")
+    out = os.path.join(results, "mnist", "cpu")
+    _write(os.path.join(out, "lbgat_summary.json"), {"runs": {"natural": {
+        "label": "Natural", "trained": True, "train_seconds": 1.0, "train_command": "n",
+        "eval": {"Clean": _col(97.9), "PGD-40": _col(1.2), "AA": _col(0.0)}}}})
+    _cache_run(runs, "natural", "n", True, {"Clean": _col(97.6), "PGD-40": _col(2.5)})
+    summary = lbgat_study.write_results("mnist", "cpu", runs, results, tsne_n=0, cpu=True)
+    assert {c: r["accuracy"] for c, r in summary["runs"]["natural"]["eval"].items()} == \
+        {"Clean": 97.6, "PGD-40": 2.5}
