@@ -425,8 +425,10 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
             t = _read_json(os.path.join(var_root, name, "evaluate", "table.json"))
             if t:
                 variants[f"ε={float(name[3:]):g}"] = t
-                shutil.copyfile(os.path.join(var_root, name, "evaluate", "table.md"),
-                                os.path.join(out, f"ladder_variants_{name}.md"))
+                for src, dst in (("table", ""), ("table8", "_table8")):
+                    path = os.path.join(var_root, name, "evaluate", f"{src}.md")
+                    if os.path.exists(path):
+                        shutil.copyfile(path, os.path.join(out, f"ladder_variants_{name}{dst}.md"))
     if variants:
         summary["variants"] = variants
     summary = merge_committed(summary, committed)

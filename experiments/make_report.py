@@ -476,6 +476,9 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
              "`variants` part: LADDER vs cavRandom vs Random where the normal crosses the "
              "boundary)", "paper MNIST Table 2 (ε not stated): Avg. Rank LADDER 3.29, "
              "cavRandom 5.00, Random 3.29"),
+            ("ladder_variants_eps10_table8.md", "Tables 8/9 layout at ε = 10 (LADDER examples "
+             "of test images crafted at ε = 10)", "paper MNIST (ε not stated): vanilla 69.78 → "
+             "LADDER 98.23"),
             ("ladder_direction_check.md", "Direction check (`experiments."
              "ladder_direction_check`: is d the SVM's boundary normal or its random init?)",
              "paper Fig. 7: along d a 2 turns into a 3 between ε = 7 and ε = 9; Fig. 10: "
