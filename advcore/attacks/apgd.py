@@ -334,6 +334,34 @@ def _validate(x, y, *, eps, norm, num_iters, restarts, rho, eot_iters, unroll) -
     return norm
 
 
+def _runs_until_all_broken(loss_grad, x, y, target_of_run, k_runs, to_fool, active, *,
+                           n_runs, eps, norm, num_iters, rho, unroll):
+    """Up to ``n_runs`` APGD runs, each on the points no earlier run broke.
+
+    Upstream's ``perturb`` loop: run ``r`` aims at ``target_of_run(r)`` and
+    replaces the adversarial example only where it is the first to fool the
+    model; the loop stops as soon as no point is left (``while_loop``, so a
+    fully broken batch skips the remaining runs). Returns ``(adv, robust)``.
+    """
+
+    def cond(c):
+        r, acc, _ = c
+        return (r < n_runs) & jnp.any(acc)
+
+    def body(c):
+        r, acc, adv = c
+        _, acc_curr, _, adv_curr = _single_run(
+            loss_grad, x, y, target_of_run(r), jax.random.fold_in(k_runs, r), eps=eps,
+            norm=norm, num_iters=num_iters, rho=rho, unroll=unroll)
+        broken = acc & ~acc_curr
+        return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
+
+    _, acc, adv = jax.lax.while_loop(cond, body, (jnp.int32(0), to_fool, x))
+    # A clean-misclassified active point is not robust either (acc starts False).
+    robust = jnp.where(active, acc, True)
+    return jax.lax.stop_gradient(adv), robust
+
+
 def apgd_with_flags(
     logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     eps: float, norm: str = "linf", loss: str = "ce", num_iters: int = 100,
@@ -353,23 +381,9 @@ def apgd_with_flags(
     k_clean, k_runs = jax.random.split(key)
     logits = call_logits(logits_fn, x, k_clean, stochastic)
     to_fool = (jnp.argmax(logits, axis=-1) == y) & active
-
-    def cond(c):
-        r, acc, _ = c
-        return (r < restarts) & jnp.any(acc)
-
-    def body(c):
-        r, acc, adv = c
-        _, acc_curr, _, adv_curr = _single_run(
-            loss_grad, x, y, y, jax.random.fold_in(k_runs, r), eps=eps, norm=norm,
-            num_iters=num_iters, rho=rho, unroll=unroll)
-        broken = acc & ~acc_curr
-        return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
-
-    _, acc, adv = jax.lax.while_loop(cond, body, (jnp.int32(0), to_fool, x))
-    # A clean-misclassified active point is not robust either (acc starts False).
-    robust = jnp.where(active, acc, True)
-    return jax.lax.stop_gradient(adv), robust
+    return _runs_until_all_broken(
+        loss_grad, x, y, lambda r: y, k_runs, to_fool, active, n_runs=restarts,
+        eps=eps, norm=norm, num_iters=num_iters, rho=rho, unroll=unroll)
 
 
 def apgd(
@@ -459,26 +473,16 @@ def apgd_targeted_with_flags(
     # Classes sorted by clean logit, ascending; target j (2..n+1) is the j-th
     # largest (upstream recomputes this on the same clean points every time).
     order = jnp.argsort(logits, axis=-1)
-    n_runs = n_target_classes * restarts
 
-    def cond(c):
-        r, acc, _ = c
-        return (r < n_runs) & jnp.any(acc)
-
-    def body(c):
-        r, acc, adv = c
+    def target_of_run(r):
         target_rank = 2 + r // restarts
-        t = jax.lax.dynamic_index_in_dim(order, num_classes - target_rank, axis=1,
-                                         keepdims=False)
-        _, acc_curr, _, adv_curr = _single_run(
-            loss_grad, x, y, t, jax.random.fold_in(k_runs, r), eps=eps, norm=norm,
-            num_iters=num_iters, rho=rho, unroll=unroll)
-        broken = acc & ~acc_curr
-        return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
+        return jax.lax.dynamic_index_in_dim(order, num_classes - target_rank, axis=1,
+                                            keepdims=False)
 
-    _, acc, adv = jax.lax.while_loop(cond, body, (jnp.int32(0), to_fool, x))
-    robust = jnp.where(active, acc, True)
-    return jax.lax.stop_gradient(adv), robust
+    return _runs_until_all_broken(
+        loss_grad, x, y, target_of_run, k_runs, to_fool, active,
+        n_runs=n_target_classes * restarts, eps=eps, norm=norm, num_iters=num_iters,
+        rho=rho, unroll=unroll)
 
 
 def apgd_targeted(
