@@ -30,7 +30,7 @@ def test_lbgat_claims_hold_on_the_papers_numbers():
     rows, ns = _paper_lbgat_rows()
     verdicts = {claim: v for claim, v, _ in report.lbgat_claims(rows, ns)}
     judged = {c: v for c, v in verdicts.items() if v != "not run"}
-    assert len(judged) >= 9
+    assert len(judged) >= 10
     assert all(v.startswith("holds") for v in judged.values()), judged
     # The paper's table has no transfer column: that claim is reported as not run.
     assert any("transfer" in c and v == "not run" for c, v in verdicts.items())
@@ -78,6 +78,13 @@ def test_ladder_clean_gap_is_judged_on_the_whole_test_split():
     verdicts = {c: v for c, v, _ in report.ladder_claims(summary)}
     assert verdicts[next(c for c in verdicts if "keeps the vanilla" in c)].startswith(
         "holds (direction only")
+
+
+def test_bgat_over_vanilla_at_claim_flips_when_the_rows_swap():
+    rows, ns = _paper_lbgat_rows()
+    rows["BGAT"], rows["Vanilla AT"] = rows["Vanilla AT"], rows["BGAT"]
+    verdicts = {c: v for c, v, _ in report.lbgat_claims(rows, ns)}
+    assert verdicts[next(c for c in verdicts if c.startswith("BGAT beats"))] == "does not hold"
 
 
 def test_claims_without_results_are_not_run():
