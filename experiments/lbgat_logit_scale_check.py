@@ -20,7 +20,8 @@ on the first ``--num_examples`` test images:
   model, and the mean squared logit difference robust vs natural on clean
   images (the MSE the boundary loss drives down, there on PGD examples).
 
-Reads the study's runs cache only (nothing is trained). Writes
+Reads the study's runs cache only (nothing is trained); runs whose training
+has not finished are skipped. Writes
 ``experiments/results/<dataset>/<scale>/lbgat_logit_scale.{json,md}``.
 """
 
@@ -33,7 +34,8 @@ import sys
 
 import numpy as np
 
-from experiments.lbgat_study import DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS
+from experiments.lbgat_study import (
+    DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES, _read_json)
 
 # Which natural model a run's robust model is trained to copy, when it is not
 # stored in the run's own state (BGAT's is frozen and loaded from the teacher).
@@ -83,7 +85,9 @@ def measure(dataset: str, scale: str, runs_dir: str, n: int) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for run in RUNS + EXTRA_RUNS:
         workdir = os.path.join(runs_dir, dataset, scale, run.key)
-        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        # Only finished runs: a half-trained model's logits say nothing about
+        # where training ends (runs resume, so a cut-off one is on disk).
+        if not (_read_json(os.path.join(workdir, "study_train.json")) or {}).get("finished"):
             continue
         natural_dir = workdir
         if run.key in _TEACHER_RUN:
@@ -134,8 +138,8 @@ def to_markdown(rows: dict[str, dict], n: int) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
-    parser.add_argument("--scale", default="cpu60k")
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS)
+    parser.add_argument("--scale", default="cpu60k", choices=SCALES)
     parser.add_argument("--runs_dir", default=DEFAULT_RUNS)
     parser.add_argument("--results_dir", default=DEFAULT_RESULTS)
     parser.add_argument("--num_examples", type=int, default=1000)
