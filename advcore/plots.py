@@ -6,7 +6,7 @@ every function writes one PNG and returns its path.
 * ``plot_training_curves``: loss, adversarial train accuracy and LR against
   the step, read from each run's ``metrics.jsonl``.
 * ``plot_tradeoff``: clean vs robust accuracy, one labelled point per model
-  (LBGAT Fig. 1).
+  (LBGAT Fig. 1); ``place_labels`` keeps the labels of nearby models apart.
 * ``plot_logit_tsne``: 2-D t-SNE of the logits of several models, coloured by
   class (LBGAT Figs. 3-4: TRADES vs LBGAT).
 * ``image_grid``: a grid of images with optional titles (LADDER ε grids and
@@ -122,6 +122,83 @@ def plot_training_curves(workdirs: Mapping[str, str], path: str,
     return path
 
 
+# Candidate label positions around a point, tried in this order: offset in
+# points from the point, and which end of the text sits at that offset. Ring 0
+# sits next to the point; the outer rings, used only when the inner ones are
+# taken, get a leader line back to their point (``_NEAR_OFFSETS``).
+_LABEL_CANDIDATES = tuple(
+    (sign * (5 + 12 * ring), dy, "left" if sign > 0 else "right")
+    for ring in range(4)
+    for dy, sign in ((4 + 12 * ring, 1), (-11 - 12 * ring, 1),
+                     (4 + 12 * ring, -1), (-11 - 12 * ring, -1)))
+_NEAR_OFFSETS = {(dx, dy) for dx, dy, _ in _LABEL_CANDIDATES[:4]}
+
+
+def _boxes_overlap(a, b) -> float:
+    """Overlap area of two (x0, y0, x1, y1) boxes; 0 when they are disjoint."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def _box_distance(box, point) -> float:
+    """Euclidean distance from a point to the nearest part of a box."""
+    dx = max(box[0] - point[0], 0.0, point[0] - box[2])
+    dy = max(box[1] - point[1], 0.0, point[1] - box[3])
+    return math.hypot(dx, dy)
+
+
+def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float],
+                 height: float, bounds: tuple[float, float, float, float],
+                 marker_radius: float = 7.0) -> list[tuple[float, float, str]]:
+    """Greedy, deterministic label placement for a scatter plot.
+
+    Scatter labels that all sit up-right of their point overprint each
+    other as soon as two models land close together (e.g. TRADES α=6 next to
+    vanilla AT). Each label takes the first candidate position whose box
+    stays inside ``bounds`` and overlaps no placed label and no marker; when
+    none is free, the one with the least overlap.
+
+    Args:
+      anchors: the points, in display points (1/72 inch).
+      widths: each label's width in points; ``height`` is the text height.
+      bounds: the axes box ``(x0, y0, x1, y1)`` in points.
+
+    Returns:
+      ``(dx, dy, ha)`` per label: offset in points and horizontal alignment,
+      ready for ``Axes.annotate(xytext=(dx, dy), ha=ha)``.
+    """
+    if len(anchors) != len(widths):
+        raise ValueError(f"anchors and widths must have the same length, got "
+                         f"{len(anchors)} and {len(widths)}")
+    markers = [(x - marker_radius, y - marker_radius, x + marker_radius, y + marker_radius)
+               for x, y in anchors]
+    placed: list[tuple[float, float, float, float]] = []
+    choices = []
+    for index, ((x, y), width) in enumerate(zip(anchors, widths)):
+        best, best_cost = None, None
+        for dx, dy, ha in _LABEL_CANDIDATES:
+            x0 = x + dx if ha == "left" else x + dx - width
+            box = (x0, y + dy, x0 + width, y + dy + height)
+            outside = (max(bounds[0] - box[0], 0) + max(box[2] - bounds[2], 0)
+                       + max(bounds[1] - box[1], 0) + max(box[3] - bounds[3], 0))
+            # A label nearer another model's point than its own reads as that
+            # model's label; leaving the axes is worse than any overlap.
+            own = _box_distance(box, (x, y))
+            misleading = sum(1 for other in anchors if other != (x, y)
+                             and _box_distance(box, other) < own)
+            others = placed + markers[:index] + markers[index + 1:]
+            cost = (sum(_boxes_overlap(box, other) for other in others)
+                    + misleading * width * height + outside * 1e6)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = ((dx, dy, ha), box), cost
+            if cost == 0:
+                break
+        choices.append(best[0])
+        placed.append(best[1])
+    return choices
+
+
 def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
                   xlabel: str = "clean accuracy (%)", ylabel: str = "robust accuracy (%)",
                   title: str = "", highlight: Sequence[str] = (), dpi: int = 100) -> str:
@@ -143,13 +220,15 @@ def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
         ax.scatter([clean], [robust], marker="*" if star else "o",
                    s=160 if star else 50, c="tab:red" if star else "tab:blue",
                    edgecolors="k", linewidths=0.5, zorder=3)
-        ax.annotate(label, (clean, robust), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
     xs = np.array([p[0] for p in points.values()], float)
     ys = np.array([p[1] for p in points.values()], float)
     pad_x = max(1.0, 0.15 * (xs.max() - xs.min()))
     pad_y = max(1.0, 0.15 * (ys.max() - ys.min()))
-    ax.set_xlim(xs.min() - pad_x, xs.max() + 2.5 * pad_x)
+    # Room on the right for labels, but not far past 100 %: an axis running
+    # to 103 % reads as if such accuracies were possible; labels near the
+    # right edge go to the left of their point instead.
+    right = min(xs.max() + 2.5 * pad_x, max(100.0, xs.max()) + 0.5 * pad_x)
+    ax.set_xlim(xs.min() - pad_x, max(right, xs.max() + 0.5 * pad_x))
     ax.set_ylim(ys.min() - pad_y, ys.max() + pad_y)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -157,6 +236,24 @@ def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    # Labels are placed after the layout is fixed, in display points.
+    fontsize = 8
+    to_points = 72.0 / fig.dpi
+    anchors = [tuple(ax.transData.transform(p) * to_points) for p in points.values()]
+    bbox = ax.get_window_extent()
+    bounds = (bbox.x0 * to_points, bbox.y0 * to_points, bbox.x1 * to_points, bbox.y1 * to_points)
+    renderer = fig.canvas.get_renderer()
+    widths = []
+    for label in points:
+        probe = ax.text(0, 0, label, fontsize=fontsize)
+        widths.append(probe.get_window_extent(renderer).width * to_points)
+        probe.remove()
+    offsets = place_labels(anchors, widths, height=fontsize * 1.2, bounds=bounds)
+    for (label, xy), (dx, dy, ha) in zip(points.items(), offsets):
+        leader = None if (dx, dy) in _NEAR_OFFSETS else dict(arrowstyle="-", lw=0.5,
+                                                                 color="0.4", shrinkB=4)
+        ax.annotate(label, xy, textcoords="offset points", xytext=(dx, dy), ha=ha,
+                    fontsize=fontsize, arrowprops=leader)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -61,6 +61,34 @@ def test_tradeoff_png(tmp_path):
         plots.plot_tradeoff({"b": (float("nan"), 30.0)}, str(tmp_path / "y.png"))
 
 
+def _label_box(anchor, width, height, choice):
+    dx, dy, ha = choice
+    x0 = anchor[0] + dx if ha == "left" else anchor[0] + dx - width
+    return (x0, anchor[1] + dy, x0 + width, anchor[1] + dy + height)
+
+
+def test_place_labels_separates_nearby_points_and_stays_inside():
+    bounds = (0.0, 0.0, 400.0, 300.0)
+    # Two models 3 points apart (TRADES α=6 next to vanilla AT), a third at the
+    # right edge whose label cannot go right.
+    anchors = [(100.0, 150.0), (103.0, 151.0), (395.0, 100.0)]
+    widths = [60.0, 50.0, 40.0]
+    choices = plots.place_labels(anchors, widths, height=10.0, bounds=bounds)
+    boxes = [_label_box(a, w, 10.0, c) for a, w, c in zip(anchors, widths, choices)]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert plots._boxes_overlap(boxes[i], boxes[j]) == 0.0, (boxes[i], boxes[j])
+        assert bounds[0] <= boxes[i][0] and boxes[i][2] <= bounds[2]
+    assert plots.place_labels([(100.0, 150.0)], [60.0], 10.0, bounds) == [(5, 4, "left")]
+    assert choices[2][2] == "right"      # right edge: the label goes left of its point
+    # Labels also keep off other models' markers.
+    choices = plots.place_labels([(100.0, 150.0), (120.0, 158.0)], [60.0, 10.0], 10.0, bounds)
+    first = _label_box((100.0, 150.0), 60.0, 10.0, choices[0])
+    assert plots._boxes_overlap(first, (115.0, 153.0, 125.0, 163.0)) == 0.0
+    with pytest.raises(ValueError, match="widths"):
+        plots.place_labels([(0.0, 0.0)], [1.0, 2.0], 10.0, bounds)
+
+
 def test_image_grid_png(tmp_path):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (7, 28, 28, 1), dtype=np.uint8)
