@@ -195,7 +195,7 @@ def main(argv=None) -> None:
         ladder_study.run_stage(log, "main", args.dataset, args.scale, stage, wd, overrides)
     config = ladder_study._load_config(args.dataset, args.scale)
     ctx = make_context(config, wd)
-    marker = ladder_study._read_json(os.path.join(wd, "markers", "classifier.json"))
+    marker = ladder_study.read_json(os.path.join(wd, "markers", "classifier.json"))
     result = {"dataset": args.dataset, "scale": args.scale, "fits": {},
               "vanilla_accuracy": marker["info"]["test_accuracy"],
               "command": f"python -m experiments.ladder_direction_check "

@@ -49,7 +49,6 @@ gives the paper's ε scale its meaning (its Fig. 7 morphs at ε ≈ 7-9).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -58,6 +57,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from experiments.jsonio import read_json, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RUNS = os.path.join(REPO, "experiments", "runs")
@@ -141,34 +142,19 @@ def _pretty(cmd: list[str]) -> str:
     return " ".join(f"'{p}'" if any(c in p for c in "()[]{}'\" ") else p for p in parts)
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: str, payload: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
-
 
 class Log:
     """``ladder_study.json`` in the study root: every stage command and its wall time."""
 
     def __init__(self, root: str):
         self.path = os.path.join(root, "ladder_study.json")
-        self.data = _read_json(self.path) or {"commands": []}
+        self.data = read_json(self.path) or {"commands": []}
 
     def record(self, part: str, stage: str, cmd: list[str], seconds: float, rc: int) -> None:
         self.data["commands"].append({"part": part, "stage": stage, "command": _pretty(cmd),
                                       "seconds": round(seconds, 1), "returncode": rc,
                                       "finished_at": time.time()})
-        _write_json(self.path, self.data)
+        write_json(self.path, self.data)
 
 
 def run_stage(log: Log, part: str, dataset: str, scale: str, stage: str, workdir: str,
@@ -281,7 +267,7 @@ def run_whitebox(dataset: str, scale: str, root: str) -> dict:
     test = ctx.test_set()
     n = config.evaluate.num_images or len(test.labels)
     out_path = os.path.join(main_wd, "whitebox.json")
-    result = _read_json(out_path) or {}
+    result = read_json(out_path) or {}
     attacks = {"FGSM": make_attack(config.attacks.fgsm.name,
                                    **dict(config.attacks.fgsm.overrides)),
                "PGD": make_attack(config.attacks.pgd.name, **dict(config.attacks.pgd.overrides))}
@@ -299,7 +285,7 @@ def run_whitebox(dataset: str, scale: str, root: str) -> dict:
         result[row] = {k: res[k] for k in ("clean", "FGSM", "PGD")}
         result[row]["n"] = n
         result[row]["seconds"] = time.time() - t0
-        _write_json(out_path, result)
+        write_json(out_path, result)
         print(f"[ladder/whitebox] {row}: {result[row]}", flush=True)
     return result
 
@@ -335,26 +321,26 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     summary_path = os.path.join(out, "ladder_summary.json")
     # The runs cache is not in git; what it lacks comes from the committed
     # summary (merge_committed), so a fresh clone never loses measured numbers.
-    committed = _read_json(summary_path) or {}
+    committed = read_json(summary_path) or {}
     main_wd = os.path.join(root, "ladder")
     summary: dict[str, Any] = {"dataset": dataset, "scale": scale}
-    log = _read_json(os.path.join(root, "ladder_study.json")) or {"commands": []}
+    log = read_json(os.path.join(root, "ladder_study.json")) or {"commands": []}
     summary["commands"] = log["commands"]
 
-    cfg = _read_json(os.path.join(main_wd, "config.json")) or {}
+    cfg = read_json(os.path.join(main_wd, "config.json")) or {}
     if cfg.get("evaluate", {}).get("num_images"):  # test images per black-box set
         summary["eval_n"] = cfg["evaluate"]["num_images"]
-    marker = _read_json(os.path.join(main_wd, "markers", "classifier.json"))
+    marker = read_json(os.path.join(main_wd, "markers", "classifier.json"))
     if marker:
         summary["vanilla"] = marker["info"]
-    gen = _read_json(os.path.join(main_wd, "generator", "ae", "report.json"))
+    gen = read_json(os.path.join(main_wd, "generator", "ae", "report.json"))
     if gen:
         summary["generator"] = gen
-    svm = _read_json(os.path.join(main_wd, "markers", "svm.json"))
+    svm = read_json(os.path.join(main_wd, "markers", "svm.json"))
     if svm:
         summary["svm"] = svm["info"]
     for variant in ("ladder", "cavRandom", "random"):
-        m = _read_json(os.path.join(main_wd, "markers", f"generate__{variant}.json"))
+        m = read_json(os.path.join(main_wd, "markers", f"generate__{variant}.json"))
         if m:
             summary.setdefault("generate", dict(committed.get("generate") or {}))[variant] = \
                 m["info"]
@@ -362,7 +348,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
         src = os.path.join(main_wd, "evaluate", name + ".md")
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(out, f"ladder_{name}.md"))
-            summary[name] = _read_json(os.path.join(main_wd, "evaluate", name + ".json"))
+            summary[name] = read_json(os.path.join(main_wd, "evaluate", name + ".json"))
     for src, dst in ((os.path.join(main_wd, "generator", "ae", "reconstruction.png"),
                       "ladder_reconstruction.png"),
                      (os.path.join(main_wd, "generated", "eps_sweep.png"),
@@ -384,7 +370,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
                          suptitle=f"{dataset} ({scale}): clean x (top) and LADDER x̂ (bottom)")
     # Per model row: a white-box run that reached only some models keeps the rest.
     wb = {**(committed.get("whitebox") or {}),
-          **(_read_json(os.path.join(main_wd, "whitebox.json")) or {})}
+          **(read_json(os.path.join(main_wd, "whitebox.json")) or {})}
     if wb:
         rows = {DISPLAY_NAMES.get(r, r): {"Clean": v["clean"],
                                           "FGSM": None if r == "fgsm" else v["FGSM"],
@@ -400,7 +386,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     eps_root = os.path.join(root, "eps")
     if os.path.isdir(eps_root):
         for name in sorted(os.listdir(eps_root), key=lambda s: float(s[3:])):
-            t = _read_json(os.path.join(eps_root, name, "evaluate", "table.json"))
+            t = read_json(os.path.join(eps_root, name, "evaluate", "table.json"))
             if not t:
                 continue
             lad = t["rows"].get("LADDER")
@@ -422,7 +408,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     var_root = os.path.join(root, "variants")
     if os.path.isdir(var_root):
         for name in os.listdir(var_root):
-            t = _read_json(os.path.join(var_root, name, "evaluate", "table.json"))
+            t = read_json(os.path.join(var_root, name, "evaluate", "table.json"))
             if t:
                 variants[f"ε={float(name[3:]):g}"] = t
                 for src, dst in (("table", ""), ("table8", "_table8")):
@@ -432,7 +418,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     if variants:
         summary["variants"] = variants
     summary = merge_committed(summary, committed)
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 

@@ -35,7 +35,8 @@ import sys
 import numpy as np
 
 from experiments.lbgat_study import (
-    DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES, _read_json)
+    DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES)
+from experiments.jsonio import read_json
 
 # Which natural model a run's robust model is trained to copy, when it is not
 # stored in the run's own state (BGAT's is frozen and loaded from the teacher).
@@ -87,7 +88,7 @@ def measure(dataset: str, scale: str, runs_dir: str, n: int) -> dict[str, dict]:
         workdir = os.path.join(runs_dir, dataset, scale, run.key)
         # Only finished runs: a half-trained model's logits say nothing about
         # where training ends (runs resume, so a cut-off one is on disk).
-        if not (_read_json(os.path.join(workdir, "study_train.json")) or {}).get("finished"):
+        if not (read_json(os.path.join(workdir, "study_train.json")) or {}).get("finished"):
             continue
         natural_dir = workdir
         if run.key in _TEACHER_RUN:

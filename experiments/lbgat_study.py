@@ -73,6 +73,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from experiments.jsonio import read_json, write_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RUNS = os.path.join(REPO, "experiments", "runs")
 DEFAULT_RESULTS = os.path.join(REPO, "experiments", "results")
@@ -231,20 +233,6 @@ def train_command(run: Run, dataset: str, scale: str, overrides: dict, workdir: 
 # ---------------------------------------------------------------------------
 
 
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
-
 
 def train_one(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool) -> dict:
     from lbgat_jax import train
@@ -252,13 +240,13 @@ def train_one(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool) -> d
     workdir = run_workdir(runs_dir, dataset, scale, run.key)
     os.makedirs(workdir, exist_ok=True)
     info_path = os.path.join(workdir, "study_train.json")
-    info = _read_json(info_path) or {}
+    info = read_json(info_path) or {}
     config, overrides = build_config(run, dataset, scale, runs_dir, cpu)
     command = train_command(run, dataset, scale, overrides, workdir)
     if info.get("finished"):
         print(f"[{run.key}] trained already ({info.get('train_seconds', 0):.0f}s); skipping")
         return info
-    if run.teacher and not (_read_json(os.path.join(
+    if run.teacher and not (read_json(os.path.join(
             run_workdir(runs_dir, dataset, scale, "natural"), "study_train.json")) or {}).get(
             "finished"):
         raise RuntimeError(f"{run.key} needs the natural run (its frozen teacher) first")
@@ -274,7 +262,7 @@ def train_one(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool) -> d
         "finished": int(result["step"]) >= total, "step": int(result["step"]),
         "total_steps": total, "final_eval": result["eval"],
     }
-    _write_json(info_path, info)
+    write_json(info_path, info)
     print(f"[{run.key}] trained in {seconds:.0f}s", flush=True)
     return info
 
@@ -358,7 +346,7 @@ def evaluate_one(run: Run, dataset: str, scale: str, runs_dir: str, n: int, aa_n
 
     workdir = run_workdir(runs_dir, dataset, scale, run.key)
     path = os.path.join(workdir, "study_eval.json")
-    cache = _read_json(path) or {"results": {}}
+    cache = read_json(path) or {"results": {}}
     apply_fn, variables, config = ev.load_evaluable(workdir)
     test_all = load_split(dataset, "test", source=config["dataset"].get("source", "auto"))
     specs = attack_specs(dataset, scale, aa_iters, aa_queries, cpu)
@@ -398,12 +386,12 @@ def evaluate_one(run: Run, dataset: str, scale: str, runs_dir: str, n: int, aa_n
                                  "seconds": seconds}
         print(f"[{run.key}] {col}: {res[col]:.2f}% (clean {res['clean']:.2f}%, "
               f"{seconds:.0f}s)", flush=True)
-        _write_json(path, cache)
+        write_json(path, cache)
     if "Clean" not in cache["results"] or cache["results"]["Clean"].get("n") != n:
         res = ev.evaluate_classifier(apply_fn, variables, test_all.images[:n],
                                      test_all.labels[:n], {}, batch_size=500)
         cache["results"]["Clean"] = {"accuracy": res["clean"], "n": n}
-        _write_json(path, cache)
+        write_json(path, cache)
     return cache
 
 
@@ -446,8 +434,8 @@ def collect(dataset: str, scale: str, runs_dir: str) -> dict[str, dict]:
     out = {}
     for run in RUNS + EXTRA_RUNS:
         wd = run_workdir(runs_dir, dataset, scale, run.key)
-        train_info = _read_json(os.path.join(wd, "study_train.json"))
-        ev = _read_json(os.path.join(wd, "study_eval.json"))
+        train_info = read_json(os.path.join(wd, "study_train.json"))
+        ev = read_json(os.path.join(wd, "study_eval.json"))
         if train_info is None and ev is None:
             continue
         out[run.key] = {"label": run.label, "train": train_info or {},
@@ -572,7 +560,7 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
     out = os.path.join(results_dir, dataset, scale)
     os.makedirs(out, exist_ok=True)
     summary_path = os.path.join(out, "lbgat_summary.json")
-    found = merge_committed(collect(dataset, scale, runs_dir), _read_json(summary_path))
+    found = merge_committed(collect(dataset, scale, runs_dir), read_json(summary_path))
     rows, columns = results_table(found)
     summary = {"dataset": dataset, "scale": scale, "runs": {}, "columns": columns}
     for key, item in found.items():
@@ -638,7 +626,7 @@ def write_results(dataset: str, scale: str, runs_dir: str, results_dir: str,
             plots.plot_logit_tsne(logits, tsne_path,
                                   title=f"{dataset} ({scale}): t-SNE of test logits "
                                         f"({tsne_n} images)")
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 
