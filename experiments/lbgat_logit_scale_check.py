@@ -22,7 +22,10 @@ on the first ``--num_examples`` test images:
 
 Reads the study's runs cache only (nothing is trained); runs whose training
 has not finished are skipped. Writes
-``experiments/results/<dataset>/<scale>/lbgat_logit_scale.{json,md}``.
+``experiments/results/<dataset>/<scale>/lbgat_logit_scale.{json,md}``. The
+runs cache is not in git, so the committed rows of runs the cache lacks are
+kept (``merge_rows``): a fresh clone with one new run adds its row and drops
+none.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 
 from experiments.lbgat_study import (
     DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES)
-from experiments.jsonio import read_json
+from experiments.jsonio import read_json, write_json
 
 # Which natural model a run's robust model is trained to copy, when it is not
 # stored in the run's own state (BGAT's is frozen and loaded from the teacher).
@@ -114,6 +118,23 @@ def measure(dataset: str, scale: str, runs_dir: str, n: int) -> dict[str, dict]:
     return out
 
 
+def merge_rows(measured: dict[str, dict], committed: Optional[dict],
+               n: int) -> dict[str, dict]:
+    """``measured`` plus the committed rows of runs it lacks, in the study's order.
+
+    A measured row replaces the committed one (the cache holds the model now).
+    Committed rows taken on another number of test images are dropped, since
+    their figures are not comparable.
+    """
+    old = (committed or {}).get("rows") or {}
+    if (committed or {}).get("num_examples") != n:
+        old = {}
+    merged = {**old, **measured}
+    order = [r.key for r in RUNS + EXTRA_RUNS]
+    return dict(sorted(merged.items(),
+                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def to_markdown(rows: dict[str, dict], n: int) -> str:
     lines = [
         f"Clean logits on the first {n} test images. Natural = the model the robust "
@@ -147,13 +168,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.num_examples < 1:
         sys.exit(f"--num_examples must be >= 1, got {args.num_examples}")
-    rows = measure(args.dataset, args.scale, args.runs_dir, args.num_examples)
-    if not rows:
+    measured = measure(args.dataset, args.scale, args.runs_dir, args.num_examples)
+    if not measured:
         sys.exit(f"no cached runs under {args.runs_dir}/{args.dataset}/{args.scale}")
     out_dir = os.path.join(args.results_dir, args.dataset, args.scale)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "lbgat_logit_scale.json"), "w") as f:
-        json.dump({"num_examples": args.num_examples, "rows": rows}, f, indent=1)
+    json_path = os.path.join(out_dir, "lbgat_logit_scale.json")
+    rows = merge_rows(measured, read_json(json_path), args.num_examples)
+    write_json(json_path, {"num_examples": args.num_examples, "rows": rows})
     with open(os.path.join(out_dir, "lbgat_logit_scale.md"), "w") as f:
         f.write(to_markdown(rows, args.num_examples))
     print(to_markdown(rows, args.num_examples))

@@ -33,3 +33,24 @@ def test_markdown_marks_missing_parts():
     md = check.to_markdown(rows, 1000)
     assert "| Natural | 22.40 | 12.80 | – | – | – |" in md
     assert "| LBGAT | 3.76 | 2.74 | 4.44 | 3.33 | 1.07 |" in md
+
+
+def _row(label, margin):
+    return {"label": label, "robust": {"logit_norm": 1.0, "margin": margin, "accuracy": 1.0}}
+
+
+def test_merge_keeps_committed_rows_the_cache_lacks_and_prefers_measured_ones():
+    committed = {"num_examples": 1000,
+                 "rows": {"bgat": _row("BGAT", 13.1), "lbgat": _row("LBGAT", 3.3)}}
+    measured = {"lbgat": _row("LBGAT", 9.9), "natural": _row("Natural", 12.8)}
+    rows = check.merge_rows(measured, committed, 1000)
+    # Study order (natural first, BGAT after LBGAT), not insertion order.
+    assert list(rows) == ["natural", "lbgat", "bgat"]
+    assert rows["lbgat"]["robust"]["margin"] == 9.9  # the cache's model wins
+    assert rows["bgat"]["robust"]["margin"] == 13.1  # kept, though not cached
+
+
+def test_merge_drops_committed_rows_measured_on_another_number_of_images():
+    committed = {"num_examples": 500, "rows": {"bgat": _row("BGAT", 13.1)}}
+    assert list(check.merge_rows({"lbgat": _row("LBGAT", 3.3)}, committed, 1000)) == ["lbgat"]
+    assert list(check.merge_rows({"lbgat": _row("LBGAT", 3.3)}, None, 1000)) == ["lbgat"]
