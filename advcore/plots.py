@@ -182,11 +182,19 @@ def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float]
             box = (x0, y + dy, x0 + width, y + dy + height)
             outside = (max(bounds[0] - box[0], 0) + max(box[2] - bounds[2], 0)
                        + max(bounds[1] - box[1], 0) + max(box[3] - bounds[3], 0))
-            # A label nearer another model's point than its own reads as that
-            # model's label; leaving the axes is worse than any overlap.
-            own = _box_distance(box, (x, y))
-            misleading = sum(1 for other in anchors if other != (x, y)
-                             and _box_distance(box, other) < own)
+            # A label next to its point (no leader line) but nearer another
+            # model's point, by its nearest edge or by its centre (a label
+            # between two points is read as either's), reads as that model's
+            # label; a displaced label has a leader line to say whose it is.
+            # Leaving the axes is worse than any overlap.
+            misleading = 0
+            if (dx, dy) in _NEAR_OFFSETS:
+                own = _box_distance(box, (x, y))
+                centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+                own_centre = math.dist(centre, (x, y))
+                misleading = sum(1 for other in anchors if other != (x, y)
+                                 and (_box_distance(box, other) < own
+                                      or math.dist(centre, other) < own_centre))
             others = placed + markers[:index] + markers[index + 1:]
             cost = (sum(_boxes_overlap(box, other) for other in others)
                     + misleading * width * height + outside * 1e6)

@@ -1,6 +1,7 @@
 """advcore.plots: every figure is a real PNG of the expected size; t-SNE separates clusters."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -87,6 +88,22 @@ def test_place_labels_separates_nearby_points_and_stays_inside():
     assert plots._boxes_overlap(first, (115.0, 153.0, 125.0, 163.0)) == 0.0
     with pytest.raises(ValueError, match="widths"):
         plots.place_labels([(0.0, 0.0)], [1.0, 2.0], 10.0, bounds)
+
+
+
+def test_place_labels_keeps_a_label_from_sitting_between_its_point_and_another():
+    # A's label cannot go up-right (C's marker is there). Just below-right it
+    # would be 5 points from A by its edge, but its centre would be nearer B
+    # (below-right of A) than A, so it would read as B's label: the MNIST
+    # cpu60k scatter once labelled TRADES (α=1) "Vanilla AT" that way.
+    bounds = (0.0, 0.0, 400.0, 300.0)
+    a, b, c = (100.0, 150.0), (134.0, 127.0), (130.0, 159.0)
+    choices = plots.place_labels([a, b, c], [50.0, 50.0, 10.0], height=10.0, bounds=bounds)
+    box = _label_box(a, 50.0, 10.0, choices[0])
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    assert choices[0] != (5, -11, "left")
+    assert math.dist(centre, a) < math.dist(centre, b)
+    assert math.dist(centre, a) < math.dist(centre, c)
 
 
 def test_image_grid_png(tmp_path):
