@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from experiments import ladder_study
+from experiments.jsonio import read_json
 
 EPS_GRID = (0.5, 2.0, 5.0, 10.0, 20.0, 30.0)
 SCALES = {"[0,1] (library default)": 1.0, "x·255 (authors' MNIST code)": 255.0}
@@ -195,7 +196,7 @@ def main(argv=None) -> None:
         ladder_study.run_stage(log, "main", args.dataset, args.scale, stage, wd, overrides)
     config = ladder_study._load_config(args.dataset, args.scale)
     ctx = make_context(config, wd)
-    marker = ladder_study.read_json(os.path.join(wd, "markers", "classifier.json"))
+    marker = read_json(os.path.join(wd, "markers", "classifier.json"))
     result = {"dataset": args.dataset, "scale": args.scale, "fits": {},
               "vanilla_accuracy": marker["info"]["test_accuracy"],
               "command": f"python -m experiments.ladder_direction_check "

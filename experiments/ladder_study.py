@@ -142,7 +142,6 @@ def _pretty(cmd: list[str]) -> str:
     return " ".join(f"'{p}'" if any(c in p for c in "()[]{}'\" ") else p for p in parts)
 
 
-
 class Log:
     """``ladder_study.json`` in the study root: every stage command and its wall time."""
 

@@ -39,7 +39,7 @@ from typing import Optional
 import numpy as np
 
 from experiments.lbgat_study import (
-    DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES)
+    DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES, in_study_order)
 from experiments.jsonio import read_json, write_json
 
 # Which natural model a run's robust model is trained to copy, when it is not
@@ -129,10 +129,7 @@ def merge_rows(measured: dict[str, dict], committed: Optional[dict],
     old = (committed or {}).get("rows") or {}
     if (committed or {}).get("num_examples") != n:
         old = {}
-    merged = {**old, **measured}
-    order = [r.key for r in RUNS + EXTRA_RUNS]
-    return dict(sorted(merged.items(),
-                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return in_study_order({**old, **measured})
 
 
 def to_markdown(rows: dict[str, dict], n: int) -> str:

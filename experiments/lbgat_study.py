@@ -233,7 +233,6 @@ def train_command(run: Run, dataset: str, scale: str, overrides: dict, workdir: 
 # ---------------------------------------------------------------------------
 
 
-
 def train_one(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool) -> dict:
     from lbgat_jax import train
 
@@ -477,9 +476,13 @@ def merge_committed(found: dict[str, dict], committed: Optional[dict]) -> dict[s
         elif (cached["train"].get("command") == stored["train"]["command"]
               and _same_clean(cached["eval"], stored["eval"])):
             merged[key] = dict(cached, eval={**stored["eval"], **cached["eval"]})
-    # The study's priority order, then anything else, as ``collect`` returns it.
+    return in_study_order(merged)
+
+
+def in_study_order(by_key: dict[str, Any]) -> dict[str, Any]:
+    """``by_key`` in the study's priority order (``RUNS``, ``EXTRA_RUNS``), then the rest."""
     order = [r.key for r in RUNS + EXTRA_RUNS]
-    return dict(sorted(merged.items(),
+    return dict(sorted(by_key.items(),
                        key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 

@@ -90,7 +90,6 @@ def test_place_labels_separates_nearby_points_and_stays_inside():
         plots.place_labels([(0.0, 0.0)], [1.0, 2.0], 10.0, bounds)
 
 
-
 def test_place_labels_keeps_a_label_from_sitting_between_its_point_and_another():
     # A's label cannot go up-right (C's marker is there). Just below-right it
     # would be 5 points from A by its edge, but its centre would be nearer B
