@@ -209,12 +209,14 @@ def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float]
 
 def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
                   xlabel: str = "clean accuracy (%)", ylabel: str = "robust accuracy (%)",
-                  title: str = "", highlight: Sequence[str] = (), dpi: int = 100) -> str:
+                  title: str = "", highlight: Sequence[str] = (), dpi: int = 100,
+                  note: str = "") -> str:
     """Robustness-accuracy scatter (LBGAT Fig. 1): one labelled point per model.
 
     Args:
       points: ``{label: (clean, robust)}`` in %.
       highlight: labels drawn as red stars (e.g. the LBGAT rows).
+      note: a line printed under the axes, e.g. which models were left out.
     """
     # A model not evaluated yet has no numbers (None / NaN): leave it out.
     points = {label: (float(c), float(r)) for label, (c, r) in points.items()
@@ -243,7 +245,12 @@ def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, ha="left", va="bottom", color="0.3")
+        # Keep the x label clear of the note's line.
+        fig.tight_layout(rect=(0.0, 0.03, 1.0, 1.0))
+    else:
+        fig.tight_layout()
     # Labels are placed after the layout is fixed, in display points.
     fontsize = 8
     to_points = 72.0 / fig.dpi

@@ -60,6 +60,16 @@ def test_tradeoff_png(tmp_path):
     assert _close(_png_size(out), (640, 500))
     with pytest.raises(ValueError, match="finite"):
         plots.plot_tradeoff({"b": (float("nan"), 30.0)}, str(tmp_path / "y.png"))
+    # A note goes under the axes: same size, and the bottom strip gets ink.
+    pts = {"a": (90.0, 40.0), "c": (80.0, 50.0)}
+    plain = plots.plot_tradeoff(pts, str(tmp_path / "plain.png"), dpi=100)
+    noted = plots.plot_tradeoff(pts, str(tmp_path / "noted.png"), dpi=100,
+                                note="Not shown: BGAT (9.7 / 9.7)")
+    assert _close(_png_size(noted), (640, 500))
+    def bottom_strip_darkest(path):
+        return np.asarray(Image.open(path).convert("L"))[-12:, :300].min()
+
+    assert bottom_strip_darkest(plain) > 250 and bottom_strip_darkest(noted) < 200
 
 
 def _label_box(anchor, width, height, choice):
