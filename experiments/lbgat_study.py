@@ -569,6 +569,8 @@ def tradeoff_points(rows: dict[str, dict], column: str
     A model collapsed to chance (Fashion-MNIST's BGAT: 9.7 % clean, one class)
     has no trade-off to show, and as a point it stretches the axes until the
     other models merge into one cluster. It goes into a note under the plot.
+    When every model is at chance there is nothing to squash: all are shown
+    (else no plot would be drawn and a stale one would stay in the report).
     """
     shown, at_chance = {}, {}
     for label, r in rows.items():
@@ -576,6 +578,8 @@ def tradeoff_points(rows: dict[str, dict], column: str
         if clean is None or robust is None:
             continue
         (at_chance if clean <= CHANCE_CLEAN else shown)[label] = (clean, robust)
+    if not shown:
+        return at_chance, {}
     return shown, at_chance
 
 

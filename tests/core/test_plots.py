@@ -66,6 +66,7 @@ def test_tradeoff_png(tmp_path):
     noted = plots.plot_tradeoff(pts, str(tmp_path / "noted.png"), dpi=100,
                                 note="Not shown: BGAT (9.7 / 9.7)")
     assert _close(_png_size(noted), (640, 500))
+
     def bottom_strip_darkest(path):
         return np.asarray(Image.open(path).convert("L"))[-12:, :300].min()
 

@@ -16,6 +16,9 @@ def test_tradeoff_points_moves_chance_level_models_into_the_note():
     assert at_chance == {"BGAT": (9.7, 9.7), "edge": (15.0, 10.0)}
     shown, at_chance = lbgat_study.tradeoff_points(rows, "PGD-20")
     assert list(shown) == ["Vanilla AT"] and list(at_chance) == ["BGAT"]
+    # Nothing above chance: all are plotted, none is hidden in the note.
+    shown, at_chance = lbgat_study.tradeoff_points({"BGAT": rows["BGAT"]}, "AA")
+    assert shown == {"BGAT": (9.7, 9.7)} and at_chance == {}
     note = lbgat_study.at_chance_note({"BGAT": (9.7, 9.7)})
     assert note.endswith("BGAT (9.7 / 9.7)") and "chance" in note
     assert lbgat_study.at_chance_note({}) == ""
