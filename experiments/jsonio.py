@@ -1,4 +1,4 @@
-"""Small JSON files of the studies: markers, cached evaluations, summaries.
+"""Small files of the studies: JSON markers, cached evaluations, summaries, reports.
 
 A study is killed and resumed often (hours-long runs, one per core), so a
 reader treats a missing or half-written file as absent, and a writer replaces
@@ -21,10 +21,15 @@ def read_json(path: str) -> Any:
         return None
 
 
-def write_json(path: str, payload: Any) -> None:
-    """Writes ``payload`` (non-JSON values as ``str``) to ``path`` atomically."""
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Writes ``payload`` (non-JSON values as ``str``) to ``path`` atomically."""
+    write_text(path, json.dumps(payload, indent=2, default=str))

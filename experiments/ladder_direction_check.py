@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 from experiments import ladder_study
-from experiments.jsonio import read_json
+from experiments.jsonio import read_json, write_json, write_text
 
 EPS_GRID = (0.5, 2.0, 5.0, 10.0, 20.0, 30.0)
 SCALES = {"[0,1] (library default)": 1.0, "x·255 (authors' MNIST code)": 255.0}
@@ -170,8 +170,7 @@ def write_markdown(result: dict, path: str) -> None:
             L.append(f"| {name} | {variant} | " + " | ".join(cells) + " |")
     L.append("")
     L.append(f"Command: `{result['command']}` ({result['seconds']:.0f} s).")
-    with open(path, "w") as f:
-        f.write("\n".join(L) + "\n")
+    write_text(path, "\n".join(L) + "\n")
 
 
 def main(argv=None) -> None:
@@ -218,8 +217,7 @@ def main(argv=None) -> None:
     result["seconds"] = time.time() - t0
     out = os.path.join(args.results_dir, args.dataset, args.scale)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "ladder_direction_check.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(out, "ladder_direction_check.json"), result)
     write_markdown(result, os.path.join(out, "ladder_direction_check.md"))
     print(open(os.path.join(out, "ladder_direction_check.md")).read())
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from experiments.lbgat_study import (
     DATASETS, DEFAULT_RESULTS, DEFAULT_RUNS, EXTRA_RUNS, RUNS, SCALES, in_study_order)
-from experiments.jsonio import read_json, write_json
+from experiments.jsonio import read_json, write_json, write_text
 
 # Which natural model a run's robust model is trained to copy, when it is not
 # stored in the run's own state (BGAT's is frozen and loaded from the teacher).
@@ -172,8 +172,8 @@ def main(argv=None) -> None:
     json_path = os.path.join(out_dir, "lbgat_logit_scale.json")
     rows = merge_rows(measured, read_json(json_path), args.num_examples)
     write_json(json_path, {"num_examples": args.num_examples, "rows": rows})
-    with open(os.path.join(out_dir, "lbgat_logit_scale.md"), "w") as f:
-        f.write(to_markdown(rows, args.num_examples))
+    write_text(os.path.join(out_dir, "lbgat_logit_scale.md"),
+               to_markdown(rows, args.num_examples))
     print(to_markdown(rows, args.num_examples))
 
 

@@ -22,6 +22,8 @@ import math
 import os
 from typing import Any, Optional
 
+from experiments.jsonio import write_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 OUT = os.path.join(REPO, "experiments", "RESULTS.md")
@@ -638,8 +640,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args(argv)
     text = build_report(args.results_dir)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_text(args.out, text)
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")
 
 
