@@ -233,6 +233,35 @@ def train_command(run: Run, dataset: str, scale: str, overrides: dict, workdir: 
 # ---------------------------------------------------------------------------
 
 
+def logged_train_seconds(metrics_path: str, gap_factor: float = 5.0) -> Optional[float]:
+    """Training wall time recovered from the timestamps of ``metrics.jsonl``.
+
+    A run killed before it finished writes no ``study_train.json``, so when it
+    is resumed its time so far is known only from its logged records. Their
+    intervals are summed; an interval longer than ``gap_factor`` times the
+    median spans a kill and a resume, and counts as one median interval. The
+    time before the first record (start-up, compilation) is not logged, so
+    this slightly underestimates. None if there are fewer than two records.
+    """
+    times = []
+    try:
+        with open(metrics_path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut off by the kill
+                if isinstance(record, dict) and "time" in record:
+                    times.append(float(record["time"]))
+    except FileNotFoundError:
+        return None
+    if len(times) < 2:
+        return None
+    gaps = np.diff(np.asarray(times))
+    median = float(np.median(gaps))
+    return float(np.where(gaps > gap_factor * median, median, gaps).sum())
+
+
 def train_one(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool) -> dict:
     from lbgat_jax import train
 
@@ -240,6 +269,11 @@ def train_one(run: Run, dataset: str, scale: str, runs_dir: str, cpu: bool) -> d
     os.makedirs(workdir, exist_ok=True)
     info_path = os.path.join(workdir, "study_train.json")
     info = read_json(info_path) or {}
+    if "train_seconds" not in info:
+        # Resuming a killed run: count the time it trained before the kill.
+        earlier = logged_train_seconds(os.path.join(workdir, "metrics.jsonl"))
+        if earlier:
+            info["train_seconds"] = earlier
     config, overrides = build_config(run, dataset, scale, runs_dir, cpu)
     command = train_command(run, dataset, scale, overrides, workdir)
     if info.get("finished"):
