@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Iterator, Mapping, Optional
 
 import jax
@@ -38,6 +39,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, filename)
         self._tb = None
+        self._first_write = True
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -60,11 +62,21 @@ class MetricWriter:
                 value = str(value)  # JSON has no NaN/Inf literal
             record[name] = value
         with open(self.path, "a") as f:
+            if self._first_write and f.tell() > 0 and not self._ends_with_newline():
+                # A run killed mid-write left a cut-off last line; start the
+                # resumed run's records on a line of their own.
+                f.write("\n")
+            self._first_write = False
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for name, value in record.items():
                 if name not in ("step", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(name, value, step)
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     def close(self) -> None:
         if self._tb is not None:
@@ -72,9 +84,23 @@ class MetricWriter:
 
 
 def read_metrics(path: str) -> Iterator[dict]:
-    """Yields the records of a ``metrics.jsonl`` file."""
+    """Yields the records of a ``metrics.jsonl`` file.
+
+    A run killed mid-write leaves a cut-off line. It is skipped with a warning
+    naming the file and line, so that curves and timings of a killed and
+    resumed run can still be read; every whole record is kept.
+    """
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             line = line.strip()
-            if line:
-                yield json.loads(line)
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                warnings.warn(f"{path}:{number}: skipping a line that is not a whole "
+                              f"JSON record (cut off by a kill?): {line[:60]!r}")
+                continue
+            yield record

@@ -243,18 +243,12 @@ def logged_train_seconds(metrics_path: str, gap_factor: float = 5.0) -> Optional
     time before the first record (start-up, compilation) is not logged, so
     this slightly underestimates. None if there are fewer than two records.
     """
-    times = []
-    try:
-        with open(metrics_path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by the kill
-                if isinstance(record, dict) and "time" in record:
-                    times.append(float(record["time"]))
-    except FileNotFoundError:
+    from advcore.metrics import read_metrics  # skips a line cut off by the kill
+
+    if not os.path.exists(metrics_path):
         return None
+    times = [float(record["time"]) for record in read_metrics(metrics_path)
+             if "time" in record]
     if len(times) < 2:
         return None
     gaps = np.diff(np.asarray(times))
