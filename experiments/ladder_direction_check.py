@@ -216,7 +216,6 @@ def main(argv=None) -> None:
         print(name, json.dumps(result["fits"][name]["pairs"]), flush=True)
     result["seconds"] = time.time() - t0
     out = os.path.join(args.results_dir, args.dataset, args.scale)
-    os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "ladder_direction_check.json"), result)
     write_markdown(result, os.path.join(out, "ladder_direction_check.md"))
     print(open(os.path.join(out, "ladder_direction_check.md")).read())
