@@ -123,15 +123,23 @@ def plot_training_curves(workdirs: Mapping[str, str], path: str,
 
 
 # Candidate label positions around a point, tried in this order: offset in
-# points from the point, and which end of the text sits at that offset. Ring 0
-# sits next to the point; the outer rings, used only when the inner ones are
-# taken, get a leader line back to their point (``_NEAR_OFFSETS``).
-_LABEL_CANDIDATES = tuple(
-    (sign * (5 + 12 * ring), dy, "left" if sign > 0 else "right")
-    for ring in range(4)
-    for dy, sign in ((4 + 12 * ring, 1), (-11 - 12 * ring, 1),
-                     (4 + 12 * ring, -1), (-11 - 12 * ring, -1)))
-_NEAR_OFFSETS = {(dx, dy) for dx, dy, _ in _LABEL_CANDIDATES[:4]}
+# points from the point, and which part of the text sits at that offset
+# (``ha``). Each ring holds the four diagonal positions, then left, right,
+# above and below. Ring 0 sits next to the point; the outer rings, used only
+# when the inner ones are taken, get a leader line back to their point
+# (``_NEAR_OFFSETS``).
+def _ring(ring: int):
+    step = 12 * ring
+    for dy, sign in ((4 + step, 1), (-11 - step, 1), (4 + step, -1), (-11 - step, -1)):
+        yield sign * (5 + step), dy, "left" if sign > 0 else "right"
+    yield -(9 + step), -4, "right"
+    yield 9 + step, -4, "left"
+    yield 0, 8 + step, "center"
+    yield 0, -17 - step, "center"
+
+
+_LABEL_CANDIDATES = tuple(c for ring in range(4) for c in _ring(ring))
+_NEAR_OFFSETS = {(dx, dy) for dx, dy, _ in _ring(0)}
 
 
 def _boxes_overlap(a, b) -> float:
@@ -148,16 +156,56 @@ def _box_distance(box, point) -> float:
     return math.hypot(dx, dy)
 
 
+def _segments_cross(p1, p2, q1, q2) -> bool:
+    """Whether segments p1-p2 and q1-q2 properly cross (touching ends do not)."""
+    def orient(a, b, c):
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+    d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
+    d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
+    return d1 * d2 < 0 and d3 * d4 < 0
+
+
+def _segment_hits_box(p, q, box) -> bool:
+    """Whether segment p-q passes through the inside of a box (Liang-Barsky)."""
+    t0, t1 = 0.0, 1.0
+    dx, dy = q[0] - p[0], q[1] - p[1]
+    for step, room in ((-dx, p[0] - box[0]), (dx, box[2] - p[0]),
+                       (-dy, p[1] - box[1]), (dy, box[3] - p[1])):
+        if step == 0:
+            if room <= 0:
+                return False
+            continue
+        t = room / step
+        if step < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 >= t1:
+            return False
+    return True
+
+
+def _leader(box, anchor):
+    """The leader line a displaced label gets: its box centre to its point
+    (matplotlib draws it from the text's centre, clipped at the text)."""
+    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), anchor
+
+
 def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float],
                  height: float, bounds: tuple[float, float, float, float],
-                 marker_radius: float = 7.0) -> list[tuple[float, float, str]]:
-    """Greedy, deterministic label placement for a scatter plot.
+                 marker_radius: float = 7.0, rounds: int = 5) -> list[tuple[float, float, str]]:
+    """Deterministic label placement for a scatter plot.
 
     Scatter labels that all sit up-right of their point overprint each
     other as soon as two models land close together (e.g. TRADES α=6 next to
-    vanilla AT). Each label takes the first candidate position whose box
-    stays inside ``bounds`` and overlaps no placed label and no marker; when
-    none is free, the one with the least overlap.
+    vanilla AT). Each label takes the candidate position of least cost: its
+    box's overlap with other labels and markers, plus a penalty for leaving
+    the axes, for sitting nearer another model's point than its own, and for
+    a leader line that crosses another leader or runs through another label
+    (crossed leaders in a dense cluster pair labels with the wrong points)
+    or another model's marker.
+    A greedy first pass places the labels in order; later ``rounds`` re-place
+    each label against all the others until none moves.
 
     Args:
       anchors: the points, in display points (1/72 inch).
@@ -173,38 +221,74 @@ def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float]
                          f"{len(anchors)} and {len(widths)}")
     markers = [(x - marker_radius, y - marker_radius, x + marker_radius, y + marker_radius)
                for x, y in anchors]
-    placed: list[tuple[float, float, float, float]] = []
-    choices = []
-    for index, ((x, y), width) in enumerate(zip(anchors, widths)):
-        best, best_cost = None, None
+
+    def candidates(index):
+        (x, y), width = anchors[index], widths[index]
         for dx, dy, ha in _LABEL_CANDIDATES:
-            x0 = x + dx if ha == "left" else x + dx - width
+            x0 = x + dx - {"left": 0.0, "center": width / 2, "right": width}[ha]
             box = (x0, y + dy, x0 + width, y + dy + height)
-            outside = (max(bounds[0] - box[0], 0) + max(box[2] - bounds[2], 0)
-                       + max(bounds[1] - box[1], 0) + max(box[3] - bounds[3], 0))
-            # A label next to its point (no leader line) but nearer another
-            # model's point, by its nearest edge or by its centre (a label
-            # between two points is read as either's), reads as that model's
-            # label; a displaced label has a leader line to say whose it is.
-            # Leaving the axes is worse than any overlap.
-            misleading = 0
-            if (dx, dy) in _NEAR_OFFSETS:
-                own = _box_distance(box, (x, y))
-                centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-                own_centre = math.dist(centre, (x, y))
-                misleading = sum(1 for other in anchors if other != (x, y)
-                                 and (_box_distance(box, other) < own
-                                      or math.dist(centre, other) < own_centre))
-            others = placed + markers[:index] + markers[index + 1:]
-            cost = (sum(_boxes_overlap(box, other) for other in others)
-                    + misleading * width * height + outside * 1e6)
-            if best_cost is None or cost < best_cost:
-                best, best_cost = ((dx, dy, ha), box), cost
-            if cost == 0:
+            leader = None if (dx, dy) in _NEAR_OFFSETS else _leader(box, (x, y))
+            yield (dx, dy, ha), box, leader
+
+    def cost(index, box, leader, others):
+        """``others``: (box, leader) of the labels placed so far, self excluded."""
+        (x, y), width = anchors[index], widths[index]
+        outside = (max(bounds[0] - box[0], 0) + max(box[2] - bounds[2], 0)
+                   + max(bounds[1] - box[1], 0) + max(box[3] - bounds[3], 0))
+        # A label next to its point (no leader line) but nearer another
+        # model's point, by its nearest edge or by its centre (a label
+        # between two points is read as either's), reads as that model's
+        # label; a displaced label has a leader line to say whose it is.
+        misleading = 0
+        if leader is None:
+            own = _box_distance(box, (x, y))
+            centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+            own_centre = math.dist(centre, (x, y))
+            misleading = sum(1 for other in anchors if other != (x, y)
+                             and (_box_distance(box, other) < own
+                                  or math.dist(centre, other) < own_centre))
+        tangles = 0
+        if leader is not None:  # a leader through another model's marker
+            tangles += sum(_segment_hits_box(*leader, m)
+                           for i, m in enumerate(markers) if i != index)
+        for other_box, other_leader in others:
+            if leader is not None:
+                tangles += _segment_hits_box(*leader, other_box)
+                if other_leader is not None:
+                    tangles += _segments_cross(*leader, *other_leader)
+            if other_leader is not None:
+                tangles += _segment_hits_box(*other_leader, box)
+        overlap = sum(_boxes_overlap(box, other_box) for other_box, _ in others)
+        overlap += sum(_boxes_overlap(box, m) for i, m in enumerate(markers) if i != index)
+        # Leaving the axes is worse than any overlap.
+        return overlap + (misleading + tangles) * width * height + outside * 1e6
+
+    def best_choice(index, others):
+        best, best_cost = None, None
+        for choice, box, leader in candidates(index):
+            c = cost(index, box, leader, others)
+            if best_cost is None or c < best_cost:
+                best, best_cost = (choice, box, leader), c
+            if c == 0:
                 break
-        choices.append(best[0])
-        placed.append(best[1])
-    return choices
+        return best
+
+    placed: list[tuple] = []  # (choice, box, leader) per label
+    for index in range(len(anchors)):
+        placed.append(best_choice(index, [(b, l) for _, b, l in placed]))
+    for _ in range(rounds):
+        moved = False
+        for index in range(len(anchors)):
+            others = [(b, l) for i, (_, b, l) in enumerate(placed) if i != index]
+            here = cost(index, placed[index][1], placed[index][2], others)
+            choice = best_choice(index, others)
+            # Move only for a strictly lower cost, so the passes terminate.
+            if choice[0] != placed[index][0] and cost(index, choice[1], choice[2], others) < here:
+                placed[index] = choice
+                moved = True
+        if not moved:
+            break
+    return [choice for choice, _, _ in placed]
 
 
 def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,

@@ -75,7 +75,7 @@ def test_tradeoff_png(tmp_path):
 
 def _label_box(anchor, width, height, choice):
     dx, dy, ha = choice
-    x0 = anchor[0] + dx if ha == "left" else anchor[0] + dx - width
+    x0 = anchor[0] + dx - {"left": 0.0, "center": width / 2, "right": width}[ha]
     return (x0, anchor[1] + dy, x0 + width, anchor[1] + dy + height)
 
 
@@ -114,6 +114,49 @@ def test_place_labels_keeps_a_label_from_sitting_between_its_point_and_another()
     assert choices[0] != (5, -11, "left")
     assert math.dist(centre, a) < math.dist(centre, b)
     assert math.dist(centre, a) < math.dist(centre, c)
+
+
+def test_place_labels_untangles_leader_lines_in_a_dense_cluster():
+    # The MNIST cpu60k AA scatter, in display points: eleven models, five of
+    # them within 30 points of each other. The greedy placement drew the
+    # w/ CE leader through the TRADES (α=1) label and across its leader, and
+    # put the KL label over TRADES (α=1)'s marker.
+    anchors = [(337.4, 287.1), (285.2, 186.3), (371.2, 283.8), (288.3, 177.9),
+               (395.8, 266.8), (322.1, 271.1), (97.9, 75.6), (205.4, 128.9),
+               (411.1, 299.5), (377.4, 250.2), (352.8, 251.6)]
+    widths = [57.8, 90.3, 38.9, 25.7, 57.8, 14.8, 47.3, 90.3, 21.2, 76.6, 70.2]
+    height, bounds, radius = 9.6, (50.9, 42.0, 450.0, 333.1), 7.0
+    choices = plots.place_labels(anchors, widths, height, bounds, marker_radius=radius)
+    boxes = [_label_box(a, w, height, c) for a, w, c in zip(anchors, widths, choices)]
+    markers = [(x - radius, y - radius, x + radius, y + radius) for x, y in anchors]
+    leaders = [None if (c[0], c[1]) in plots._NEAR_OFFSETS else plots._leader(b, a)
+               for a, b, c in zip(anchors, boxes, choices)]
+    assert sum(leader is not None for leader in leaders) >= 2  # the cluster needs some
+    for i in range(len(anchors)):
+        assert bounds[0] <= boxes[i][0] and boxes[i][2] <= bounds[2]
+        for j in range(len(anchors)):
+            if i == j:
+                continue
+            assert plots._boxes_overlap(boxes[i], boxes[j]) == 0.0, (i, j)
+            assert plots._boxes_overlap(boxes[i], markers[j]) == 0.0, (i, j)
+            if leaders[i] is not None:
+                assert not plots._segment_hits_box(*leaders[i], boxes[j]), (i, j)
+                assert not plots._segment_hits_box(*leaders[i], markers[j]), (i, j)
+                if leaders[j] is not None:
+                    assert not plots._segments_cross(*leaders[i], *leaders[j]), (i, j)
+
+
+def test_leader_geometry_helpers():
+    assert plots._segments_cross((0, 0), (2, 2), (0, 2), (2, 0))
+    assert not plots._segments_cross((0, 0), (1, 1), (2, 2), (3, 0))    # apart
+    assert not plots._segments_cross((0, 0), (1, 1), (1, 1), (2, 0))    # ends touch
+    box = (1.0, 1.0, 2.0, 2.0)
+    assert plots._segment_hits_box((0, 0), (3, 3), box)               # through
+    assert plots._segment_hits_box((0, 1.5), (1.5, 1.5), box)         # ends inside
+    assert not plots._segment_hits_box((0, 0), (3, 0.5), box)         # below
+    assert not plots._segment_hits_box((0, 1.5), (0.9, 1.5), box)     # stops short
+    assert not plots._segment_hits_box((1.5, 0), (1.5, 0.9), box)     # vertical, short
+    assert plots._segment_hits_box((1.5, 0), (1.5, 3), box)           # vertical, through
 
 
 def test_image_grid_png(tmp_path):
