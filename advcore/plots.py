@@ -204,13 +204,16 @@ def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float]
     a leader line that crosses another leader or runs through another label
     (crossed leaders in a dense cluster pair labels with the wrong points)
     or another model's marker.
-    A greedy first pass places the labels in order; later ``rounds`` re-place
-    each label against all the others until none moves.
+    A greedy first pass places the labels in order; then up to ``rounds``
+    passes re-place each label against all the others, stopping early when a
+    pass moves none (a label placed early cannot see the labels after it).
 
     Args:
       anchors: the points, in display points (1/72 inch).
       widths: each label's width in points; ``height`` is the text height.
       bounds: the axes box ``(x0, y0, x1, y1)`` in points.
+      marker_radius: half the side of the box each marker keeps free.
+      rounds: the most refinement passes after the greedy one.
 
     Returns:
       ``(dx, dy, ha)`` per label: offset in points and horizontal alignment,
@@ -282,7 +285,8 @@ def place_labels(anchors: Sequence[tuple[float, float]], widths: Sequence[float]
             others = [(b, l) for i, (_, b, l) in enumerate(placed) if i != index]
             here = cost(index, placed[index][1], placed[index][2], others)
             choice = best_choice(index, others)
-            # Move only for a strictly lower cost, so the passes terminate.
+            # Move only for a strictly lower cost of the label's own, so that
+            # ties do not shuffle labels; the pass count bounds the loop.
             if choice[0] != placed[index][0] and cost(index, choice[1], choice[2], others) < here:
                 placed[index] = choice
                 moved = True
@@ -342,16 +346,20 @@ def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: str,
     bbox = ax.get_window_extent()
     bounds = (bbox.x0 * to_points, bbox.y0 * to_points, bbox.x1 * to_points, bbox.y1 * to_points)
     renderer = fig.canvas.get_renderer()
-    widths = []
+    # Measured text boxes, drawn with va="bottom" so that a label's box runs
+    # from its offset up by its height, as place_labels assumes.
+    widths, height = [], 0.0
     for label in points:
-        probe = ax.text(0, 0, label, fontsize=fontsize)
-        widths.append(probe.get_window_extent(renderer).width * to_points)
+        probe = ax.text(0, 0, label, fontsize=fontsize, va="bottom")
+        extent = probe.get_window_extent(renderer)
+        widths.append(extent.width * to_points)
+        height = max(height, extent.height * to_points)
         probe.remove()
-    offsets = place_labels(anchors, widths, height=fontsize * 1.2, bounds=bounds)
+    offsets = place_labels(anchors, widths, height=height, bounds=bounds)
     for (label, xy), (dx, dy, ha) in zip(points.items(), offsets):
         leader = None if (dx, dy) in _NEAR_OFFSETS else dict(arrowstyle="-", lw=0.5,
                                                                  color="0.4", shrinkB=4)
-        ax.annotate(label, xy, textcoords="offset points", xytext=(dx, dy), ha=ha,
+        ax.annotate(label, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, va="bottom",
                     fontsize=fontsize, arrowprops=leader)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
