@@ -5,7 +5,7 @@
 Trains both methods from ``configs/lbgat/mnist.py:demo`` (a 4k-example subset
 of real MNIST, SmallCNN, ε = 0.3) and prints one clean / PGD-20 table. Each run
 resumes if interrupted. The numbers are indicative only: the paper-scale
-protocol is in README ("Reproducing the papers").
+protocols are in experiments/RESULTS.md ("Full protocols on a GPU").
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ Names and defaults (eps in [0, 1] pixel units):
 ``ladder_cw``   **targeted** CW-L2 with random targets, cleverhans v3 defaults
 ``ladder_jsma`` targeted JSMA, theta 1, gamma 1, random targets
 ``aa_*``        delegated to ``advcore.attacks.autoattack.make_autoattack``
+AA stages       AutoAttack's single stages (``apgd_ce``, ``apgd_dlr``,
+                ``apgd_t``, ``fab``, ``fab_t``, ``square``), delegated likewise
 ============== ==============================================================
 
 Random targets (``ladder_cw``, ``jsma``, ``ladder_jsma``) are
@@ -54,8 +56,13 @@ from advcore.attacks.jsma import jsma
 from advcore.attacks.pgd import fgsm, mi_fgsm, pgd
 
 GENERIC = ("eps", "step_size", "num_steps")
+# AutoAttack's single stages, built by make_autoattack like the aa_* cascades.
+# Spelled out here (not read from the autoattack module) so that importing the
+# registry does not import AutoAttack.
+AA_STAGE_NAMES = ("apgd_ce", "apgd_dlr", "apgd_t", "fab", "fab_t", "square")
 VALID_NAMES = ("fgsm", "pgd{K}", "pgd{K}_l2", "cw{K}", "mifgsm", "cw_l2", "jsma",
-               "ladder_fgsm", "ladder_pgd", "ladder_cw", "ladder_jsma", "aa_*")
+               "ladder_fgsm", "ladder_pgd", "ladder_cw", "ladder_jsma",
+               "aa_*") + AA_STAGE_NAMES
 
 _LINF_EPS = 0.031  # TRADES / LBGAT (SPEC 1.2, 4.1), not 8/255
 _LADDER_EPS = 0.3  # SPEC 4.6
@@ -169,7 +176,7 @@ def make_attack(name_or_cfg: Any, **overrides: Any) -> Callable:
     invalid values.
     """
     name, overrides = _split_cfg(name_or_cfg, dict(overrides))
-    if name.startswith("aa_"):
+    if name.startswith("aa_") or name in AA_STAGE_NAMES:
         return _make_aa(name, overrides)
     fn, params, generic = _base(name)
     accepted = set(inspect.signature(fn).parameters) - {"logits_fn", "x", "y", "key"}

@@ -184,6 +184,15 @@ def test_make_autoattack(params, data):
     out = jax.jit(lambda x, y, k: attack(f, x, y, k))(x, y, jax.random.key(0))
     linf = np.abs(np.asarray(out) - np.asarray(x)).reshape(len(x), -1).max(1)
     assert linf.max() <= 0.031 + 1e-6 and linf.max() > 0.0
+    # The general registry builds the single stages too (README's attack
+    # table, advcore.evaluate --attacks=apgd_ce), as the same attack.
+    from advcore.attacks import make_attack
+    for name in ("apgd_ce", "apgd_dlr", "apgd_t", "fab", "fab_t", "square"):
+        stage = make_attack(name)
+        assert stage.shard_local and stage.params == make_autoattack(name).params
+    via_registry = make_attack("apgd_ce", num_steps=3, step_size=0.5)
+    again = jax.jit(lambda x, y, k: via_registry(f, x, y, k))(x, y, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(out))
 
 
 # --------------------------------------------------------------------------

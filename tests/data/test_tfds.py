@@ -69,7 +69,7 @@ def test_unprepared_dataset_fails_fast_with_howto(tmp_path, source):
     msg = _timed_error(name="cifar10", split="train", source=source, data_dir=str(tmp_path))
     assert f"not prepared in {tmp_path}" in msg
     assert 'tfds.data_source("cifar10"' in msg and "download=True" in msg
-    assert "--config.data.data_dir" in msg
+    assert "--config.dataset.data_dir" in msg
 
 
 def test_no_local_source_for_cifar():
@@ -88,7 +88,22 @@ def test_tiny_imagenet_not_from_tfds(tmp_path):
     msg = _timed_error(name="tiny_imagenet", split="train", source="tfds")
     assert "tiny-imagenet-200.zip" in msg
     msg = _timed_error(name="tiny_imagenet", split="train", source="auto", data_dir=str(tmp_path))
-    assert "tiny-imagenet-200" in msg
+    assert "tiny-imagenet-200" in msg and "--config.dataset.data_dir=" in msg
+
+
+def test_howto_flag_is_a_config_field(tmp_path):
+    """The flag the error messages tell users to pass exists in both methods' configs."""
+    import re
+
+    from configs.ladder import mnist as ladder_mnist
+    from configs.lbgat import mnist as lbgat_mnist
+
+    msg = _timed_error(name="cifar10", split="train", source="tfds", data_dir=str(tmp_path))
+    field = re.search(r"--config\.([\w.]+)=", msg).group(1)
+    for config in (lbgat_mnist.get_config(), ladder_mnist.get_config()):
+        node = config
+        for part in field.split("."):
+            node = node[part]  # KeyError if the message names a missing field
 
 
 def test_prepare_offline_tfds_matches_local(tmp_path, monkeypatch):
