@@ -187,7 +187,10 @@ def test_make_autoattack(params, data):
     # The general registry builds the single stages too (README's attack
     # table, advcore.evaluate --attacks=apgd_ce), as the same attack.
     from advcore.attacks import make_attack
-    for name in ("apgd_ce", "apgd_dlr", "apgd_t", "fab", "fab_t", "square"):
+    from advcore.attacks.autoattack import MAKE_NAMES
+    from advcore.attacks.registry import AA_STAGE_NAMES
+    assert set(AA_STAGE_NAMES) == {n for n in MAKE_NAMES if not n.startswith("aa_")}
+    for name in AA_STAGE_NAMES:
         stage = make_attack(name)
         assert stage.shard_local and stage.params == make_autoattack(name).params
     via_registry = make_attack("apgd_ce", num_steps=3, step_size=0.5)
