@@ -42,7 +42,7 @@ Scales (``--scale``):
   PGD-40); they are what fits one session for all twelve methods.
 * ``cpu60k``: the configs' own optimiser recipe (TRADES' MNIST one: SGD
   lr 0.01, momentum 0.9, x0.1 at 55 / 75 / 90 % of training) on the whole
-  60k train split for 10 epochs (4,690 steps; decays after epochs 6, 8, 9)
+  60k train split for 10 epochs (4,680 steps; decays after epochs 6, 8, 9)
   with the ``cpu`` grid's PGD-5 inner attack: the longest schedule that fits
   the issue's 2 hours per run on one core (0.6-1.1 s per step measured in
   the ``cpu`` grid). Fixed from cost and the recipe, before any test

@@ -179,13 +179,13 @@ def split_sizes(n_per_class: int, test_size: float) -> tuple[int, int]:
     268 fitted samples of SPEC 3.3.
     """
     if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+        raise ValueError(f"svm.test_size must be in (0, 1), got {test_size}")
     n_test_total = math.ceil(test_size * 2 * n_per_class)
     n_test = n_test_total // 2
     n_train = n_per_class - n_test
     if n_train < 1 or n_test < 1:
         raise ValueError(
-            f"samples_per_class={n_per_class} is too small for test_size="
+            f"svm.samples_per_class={n_per_class} is too small for svm.test_size="
             f"{test_size}: need at least one train and one held-out row per class"
         )
     return n_train, n_test

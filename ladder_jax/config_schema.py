@@ -2,7 +2,7 @@
 
 ``validate_config(config)`` is called by the CLI before any stage runs and by
 every stage entry point, so a typo or an out-of-range value fails at once
-with e.g. ``ValueError("svm.test_size must be in (0, 1), got 1.5")``.
+with e.g. ``ValueError("svm.test_size must be a number in (0, 1), got 1.5")``.
 Unknown fields are rejected too (a misspelt field in a config file would
 otherwise be silently ignored); ``model.kwargs`` and ``attacks.*.overrides``
 are free-form keyword dicts.

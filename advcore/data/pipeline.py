@@ -1,6 +1,6 @@
 """Training and evaluation batch pipelines over in-memory `ArrayDataset`s.
 
-Training uses grain (pattern E of DATA.md, the fastest measured on 2 cores):
+Training uses grain (pattern E of ../shared/DATA.md, the fastest measured on 2 cores):
 shuffle *indices* with `MapDataset.range(N).shuffle(seed)`, batch them into
 global batches, repeat (grain reshuffles each epoch), then gather rows from
 the numpy arrays and augment the whole batch at once. The result is a grain

@@ -50,7 +50,8 @@ def howto(tfds_name: str, data_dir: str | None) -> str:
         f"{tfds_name} is not prepared in {d}; run `python -c 'import "
         f"tensorflow_datasets as tfds; tfds.data_source(\"{tfds_name}\", "
         f"data_dir=\"{d}\", download=True)'` with internet, or pass "
-        f"--config.dataset.data_dir=<dir with a prepared {tfds_name}>")
+        f"--config.dataset.data_dir=<dir with a prepared {tfds_name}> to a training run "
+        f"(or set TFDS_DATA_DIR)")
 
 
 def is_prepared(tfds_name: str, data_dir: str | None) -> bool:

@@ -1,7 +1,7 @@
 """LADDER on Fashion-MNIST: the MNIST recipe unchanged (not in the paper).
 
 The LeNet, generator, SVM and fine-tuning settings are MNIST's; only the data
-differ. Variants: ``smoke``, ``paper_eps``, ``adaptive``, ``legacy``.
+differ. Variants: ``smoke``, ``paper_eps``, ``adaptive``, ``legacy``, ``svm255``.
 """
 
 from configs.ladder import common

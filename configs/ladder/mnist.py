@@ -5,7 +5,8 @@ Vanilla LeNet: SGD lr 0.01, momentum 0.5, batch 64, 10 epochs. Generator:
 1000 epochs. Generation: 450 images per class (4,500), ε = 0.5 (job script).
 Fine-tuning: SGD lr 0.01, momentum 0.5, batch 64, 100 epochs.
 
-Variants (comma-separated): ``smoke``, ``paper_eps``, ``adaptive``, ``legacy``.
+Variants (comma-separated): ``smoke``, ``paper_eps``, ``adaptive``, ``legacy``,
+``svm255`` (only the SVM inputs scaled to [0, 255], as the authors' MNIST code).
 """
 
 from configs.ladder import common
