@@ -14,6 +14,11 @@ import numpy as np
 AUGMENTATIONS = ("crop_flip", "none")
 
 
+# The config flag that points a run at prepared data; the "how to get it"
+# messages of every source name it, so it is spelled once.
+DATA_DIR_FLAG = "--config.dataset.data_dir"
+
+
 class DatasetUnavailableError(RuntimeError):
     """A dataset (or split) cannot be read from any requested source.
 

@@ -18,7 +18,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from advcore.data.info import DatasetInfo, DatasetUnavailableError
+from advcore.data.info import DATA_DIR_FLAG, DatasetInfo, DatasetUnavailableError
 
 # CelebA: 218x178 aligned faces -> centre square crop 178x178 -> 128x128.
 # The LADDER authors cropped faces with dlib instead; a centre crop of the
@@ -50,7 +50,7 @@ def howto(tfds_name: str, data_dir: str | None) -> str:
         f"{tfds_name} is not prepared in {d}; run `python -c 'import "
         f"tensorflow_datasets as tfds; tfds.data_source(\"{tfds_name}\", "
         f"data_dir=\"{d}\", download=True)'` with internet, or pass "
-        f"--config.dataset.data_dir=<dir with a prepared {tfds_name}> to a training run "
+        f"{DATA_DIR_FLAG}=<dir with a prepared {tfds_name}> to a training run "
         f"(or set TFDS_DATA_DIR)")
 
 

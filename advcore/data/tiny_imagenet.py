@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from advcore.data import cache
-from advcore.data.info import DatasetUnavailableError
+from advcore.data.info import DATA_DIR_FLAG, DatasetUnavailableError
 
 TINY_ENV = "ADVCORE_TINY_IMAGENET_DIR"
 DIRNAME = "tiny-imagenet-200"
@@ -34,7 +34,7 @@ SIZE = 32
 _KEYS = ("train_images", "train_labels", "validation_images", "validation_labels")
 HOWTO = (
     "download http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it into "
-    f"<dir> and pass --config.dataset.data_dir=<dir> (or set {TINY_ENV})")
+    f"<dir> and pass {DATA_DIR_FLAG}=<dir> (or set {TINY_ENV})")
 
 
 def find_root(data_dir: str | os.PathLike | None) -> pathlib.Path:

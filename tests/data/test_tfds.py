@@ -95,11 +95,13 @@ def test_howto_flag_is_a_config_field(tmp_path):
     """The flag the error messages tell users to pass exists in both methods' configs."""
     import re
 
+    from advcore.data.info import DATA_DIR_FLAG
     from configs.ladder import mnist as ladder_mnist
     from configs.lbgat import mnist as lbgat_mnist
 
     msg = _timed_error(name="cifar10", split="train", source="tfds", data_dir=str(tmp_path))
     field = re.search(r"--config\.([\w.]+)=", msg).group(1)
+    assert f"--config.{field}" == DATA_DIR_FLAG  # the one spelling every howto uses
     for config in (lbgat_mnist.get_config(), ladder_mnist.get_config()):
         node = config
         for part in field.split("."):
