@@ -36,7 +36,6 @@ string or a dtype); parameters and BatchNorm statistics are always float32.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -44,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advcore import backend
 from advcore.models import layers
 from advcore.models.lenet import LeNet
 from advcore.models.resnet import ResNet18
@@ -153,8 +153,8 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict:
     """Initialises ``model`` on zeros of ``input_shape`` (NHWC, batch first).
 
-    Runs under ``jit`` so that the init of large models is one compiled program
-    instead of thousands of eager ops. All BN sets (``num_bn_sets`` > 1) are
+    Runs as one compiled program (``advcore.backend.compile_once``) instead of
+    thousands of eager ops. All BN sets (``num_bn_sets`` > 1) are
     initialised.
 
     Returns:
@@ -164,11 +164,7 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (batch, H, W, C), got {tuple(input_shape)!r}")
     shape = tuple(int(d) for d in input_shape)
-    if isinstance(key, jax.core.Tracer) or jax.default_backend() != "cpu":
-        variables = _jitted_init(model, shape)(key)
-    else:
-        key = jnp.asarray(key)
-        variables = _cpu_compiled_init(model, shape, key.dtype, key.shape)(key)
+    variables = backend.compile_once(_init_fn(model, shape), key)
     out = {"params": variables["params"]}
     if variables.get("batch_stats"):
         out["batch_stats"] = variables["batch_stats"]
@@ -185,27 +181,6 @@ def _init_fn(model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[jax.Ar
         )
 
     return init
-
-
-# Cached per (module, shape): modules are frozen, hashable dataclasses, so
-# re-initialising the same architecture (e.g. several seeds) compiles once.
-@functools.lru_cache(maxsize=32)
-def _jitted_init(model: nn.Module, input_shape: tuple[int, ...]) -> Callable[[jax.Array], Any]:
-    return jax.jit(_init_fn(model, input_shape))
-
-
-@functools.lru_cache(maxsize=32)
-def _cpu_compiled_init(
-    model: nn.Module, input_shape: tuple[int, ...], key_dtype: Any, key_shape: tuple[int, ...]
-) -> Callable[[jax.Array], Any]:
-    # XLA:CPU spends seconds optimising the unrolled threefry code of every
-    # random initializer (about 0.5 s per parameter tensor), for a program that
-    # runs once in milliseconds. Compiling it without backend optimisation is
-    # ~4x faster and yields the same variables up to float rounding.
-    lowered = jax.jit(_init_fn(model, input_shape)).lower(
-        jax.ShapeDtypeStruct(key_shape, key_dtype)
-    )
-    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
 
 
 def count_params(params: Any) -> int:

@@ -29,8 +29,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from advcore.models import conv_ops
-
 Initializer = Callable[..., jax.Array]
 
 # PyTorch's default Conv/Linear weight init: kaiming_uniform(a=sqrt(5)) gives
@@ -114,20 +112,46 @@ class Conv2d(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (k, k, in_features, self.features), jnp.float32
         )
-        p = self.padding
-        # conv_ops.conv2d == lax.conv_general_dilated(NHWC, HWIO, NHWC), with an
-        # input gradient XLA:CPU runs fast inside loops (see conv_ops).
-        y = conv_ops.conv2d(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            (self.stride, self.stride),
-            ((p, p), (p, p)),
-        )
+        y = self.convolve(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias_init = self.bias_init or torch_bias_init(in_features * k * k)
             bias = self.param("bias", bias_init, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         return y
+
+    def convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """The convolution itself, NHWC x HWIO -> NHWC.
+
+        A method of its own so that ``advcore.backend`` can swap in a faster
+        form for the backend it runs on, without this layer knowing.
+        """
+        p = self.padding
+        return lax.conv_general_dilated(
+            x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+
+class MaxPool2d(nn.Module):
+    """``torch.nn.MaxPool2d(window)``: window = stride, no padding, floor mode.
+
+    A remainder row/column is dropped, as PyTorch does. The gradient goes to
+    each window's first maximal element (``select_and_scatter``), as PyTorch's.
+    """
+
+    window: int = 2
+
+    def check_input(self, x: jax.Array) -> None:
+        k = self.window
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"max_pool window k must be an int >= 1, got {k!r}")
+        if x.ndim != 4 or x.shape[1] < k or x.shape[2] < k:
+            raise ValueError(f"max_pool needs NHWC input with H, W >= k={k}, got shape {x.shape}")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.check_input(x)
+        k = self.window
+        return nn.max_pool(x, (k, k), strides=(k, k), padding="VALID")
 
 
 class Dense(nn.Module):

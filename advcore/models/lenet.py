@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 from advcore.models import layers
-from advcore.models.pooling import max_pool
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -59,6 +58,7 @@ class LeNet(nn.Module):
     def setup(self) -> None:
         self.conv1 = layers.Conv2d(20, 5, 1, 0, dtype=self.dtype)
         self.conv2 = layers.Conv2d(50, 5, 1, 0, dtype=self.dtype)
+        self.pool = layers.MaxPool2d(2)
         self.fc1 = layers.Dense(500, dtype=self.dtype)
         self.fc2 = layers.Dense(self.num_classes, dtype=self.dtype)
 
@@ -69,8 +69,8 @@ class LeNet(nn.Module):
         if self.normalize:
             out = (out - MNIST_MEAN) / MNIST_STD
         out = out.astype(self.dtype)
-        out = max_pool(nn.relu(self.conv1(out)), 2)
-        out = max_pool(nn.relu(self.conv2(out)), 2)
+        out = self.pool(nn.relu(self.conv1(out)))
+        out = self.pool(nn.relu(self.conv2(out)))
         return self.fc1(layers.flatten_chw(out)).astype(jnp.float32)
 
     def classify(self, z: jax.Array, train: bool = False) -> jax.Array:

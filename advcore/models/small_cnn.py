@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 
 from advcore.models import layers
-from advcore.models.pooling import max_pool
 
 
 class SmallCNN(nn.Module):
@@ -61,6 +60,7 @@ class SmallCNN(nn.Module):
             dtype=self.dtype,
         )
         self.conv1, self.conv2, self.conv3, self.conv4 = (conv(c) for c in self.channels)
+        self.pool = layers.MaxPool2d(2)
         self.fc1 = layers.Dense(self.hidden_dim, dtype=self.dtype)
         self.drop = nn.Dropout(self.dropout_rate)
         self.fc2 = layers.Dense(self.hidden_dim, dtype=self.dtype)
@@ -75,10 +75,10 @@ class SmallCNN(nn.Module):
         out = jnp.asarray(x, jnp.float32).astype(self.dtype)
         out = nn.relu(self.conv1(out))
         out = nn.relu(self.conv2(out))
-        out = max_pool(out, 2)
+        out = self.pool(out)
         out = nn.relu(self.conv3(out))
         out = nn.relu(self.conv4(out))
-        out = max_pool(out, 2)
+        out = self.pool(out)
         return layers.flatten_chw(out).astype(jnp.float32)
 
     def classify(self, z: jax.Array, train: bool) -> jax.Array:

@@ -49,7 +49,6 @@ import jax
 import jax.numpy as jnp
 
 from advcore.models import layers
-from advcore.models.pooling import max_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,7 +88,7 @@ class ConvStack(nn.Module):
         i = 0
         for item in self.cfg:
             if item == "M":
-                x = max_pool(x, 2)
+                x = layers.MaxPool2d(2)(x)
                 continue
             x = layers.Conv2d(
                 _scaled(int(item), self.width_multiplier), 3, 1, 1,

@@ -1,4 +1,4 @@
-"""advcore.models.pooling.max_pool == nn.max_pool, values and PyTorch's tie-breaking gradient."""
+"""advcore.backend.max_pool_first_max == nn.max_pool, values and PyTorch's tie-breaking gradient."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advcore.models.pooling import max_pool
+from advcore.backend import max_pool_first_max as max_pool
+from advcore.models import layers
 
 
 @pytest.mark.parametrize("shape,k", [((3, 8, 8, 4), 2), ((2, 7, 9, 3), 2), ((2, 9, 10, 2), 3),
@@ -40,6 +41,6 @@ def test_jits_inside_a_loop_and_matches():
 
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="window k must be an int >= 1"):
-        max_pool(jnp.zeros((1, 4, 4, 1)), 0)
+        layers.MaxPool2d(0).apply({}, jnp.zeros((1, 4, 4, 1)))
     with pytest.raises(ValueError, match="H, W >= k=3"):
-        max_pool(jnp.zeros((1, 2, 4, 1)), 3)
+        layers.MaxPool2d(3).apply({}, jnp.zeros((1, 2, 4, 1)))
