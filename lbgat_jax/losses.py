@@ -1,53 +1,34 @@
-"""LBGAT-family outer losses on logits (SPEC 1.3 and 1.5).
+"""LBGAT-family outer losses as a function of the step's logits (docs/lbgat.md).
 
-Reductions follow the official PyTorch code, not the paper's Algorithm 1:
+The train step runs its forward passes and collects their logits in a dict:
 
-* MSE is the mean over **all B·C elements** (PyTorch ``MSELoss()``), so it is
-  C times smaller than a per-sample sum.
-* KL is ``KLDivLoss(reduction='sum') / B`` of (log-softmax of the adversarial
-  logits, softmax of the reference logits): a batch mean of per-example KL.
-* CE is the batch mean.
+* ``"adv"``: M_r(x'), the robust model on the adversarial batch (M(x) for
+  natural training, which has no adversarial batch);
+* ``"clean"``: M_r(x), when a term needs it;
+* ``"natural"``: M_n(x), the natural model (learnable or frozen), when the
+  method has one.
 
-Nothing is detached: each term sends gradients to every network it touches,
-exactly as in the official code.
+``outer_loss`` turns that dict into the total and its named parts. The
+reductions are the official code's (``advcore.losses``): element-mean MSE,
+batch-mean KL and CE. Nothing is detached: each term sends gradients to every
+network it touches, exactly as in the official code.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 
+from advcore.losses import batch_kl, cross_entropy, elementwise_mse
 from lbgat_jax.methods import MethodSpec
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Batch-mean cross-entropy of integer labels."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-    return -jnp.mean(picked)
-
-
-def elementwise_mse(a: jax.Array, b: jax.Array) -> jax.Array:
-    """PyTorch ``MSELoss()``: mean over every element (divides by B·C)."""
-    return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
-
-
-def batch_kl(reference_logits: jax.Array, logits: jax.Array) -> jax.Array:
-    """(1/B)·Σ_b KL(σ(reference_b) ‖ σ(logits_b)), gradients through both."""
-    ref_log_p = jax.nn.log_softmax(reference_logits.astype(jnp.float32), axis=-1)
-    log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    per_example = jnp.sum(jnp.exp(ref_log_p) * (ref_log_p - log_q), axis=-1)
-    return jnp.mean(per_example)
 
 
 def outer_loss(
     spec: MethodSpec,
     labels: jax.Array,
-    adv_logits: jax.Array,
-    clean_logits: Optional[jax.Array],
-    teacher_logits: Optional[jax.Array],
+    logits: Mapping[str, jax.Array],
     *,
     alpha: float,
     natural_ce_weight: float = 1.0,
@@ -59,9 +40,8 @@ def outer_loss(
     Args:
       spec: the method (see ``lbgat_jax.methods``).
       labels: integer labels ``(B,)``.
-      adv_logits: M_r(x'), or M_r(x) for natural training.
-      clean_logits: M_r(x) (train mode), or None when the method never needs it.
-      teacher_logits: M_n(x), or None without a teacher.
+      logits: ``{"adv", "clean", "natural"}`` logits (module docstring); only
+        the entries the method's terms read must be present.
       alpha: weight α of the TRADES-KL or ALP term.
       natural_ce_weight: β, the weight of CE(M_n(x), y) (fixed to 1 in the paper).
       boundary_loss: ``"mse"`` (default) or ``"kl"`` (Table 1 "(KL)" ablation:
@@ -69,24 +49,26 @@ def outer_loss(
       extra_robust_ce: Table 1 "w/ CE" ablation: ``"none"``, ``"clean"``
         (add CE(M_r(x), y)) or ``"adv"`` (add CE(M_r(x'), y)).
     """
+    adv = logits["adv"]
     parts: dict[str, jax.Array] = {}
     if spec.boundary:
         if boundary_loss == "mse":
-            parts["boundary_mse"] = elementwise_mse(adv_logits, teacher_logits)
+            parts["boundary_mse"] = elementwise_mse(adv, logits["natural"])
         elif boundary_loss == "kl":
-            parts["boundary_kl"] = batch_kl(teacher_logits, adv_logits)
+            parts["boundary_kl"] = batch_kl(logits["natural"], adv)
         else:
             raise ValueError(f"boundary_loss must be 'mse' or 'kl', got {boundary_loss!r}")
     if spec.natural_ce:
-        parts["natural_ce"] = natural_ce_weight * cross_entropy(teacher_logits, labels)
+        parts["natural_ce"] = natural_ce_weight * cross_entropy(logits["natural"], labels)
     if spec.trades_kl:
-        parts["trades_kl"] = alpha * batch_kl(clean_logits, adv_logits)
+        parts["trades_kl"] = alpha * batch_kl(logits["clean"], adv)
     if spec.alp:
-        parts["alp_mse"] = alpha * elementwise_mse(adv_logits, clean_logits)
+        parts["alp_mse"] = alpha * elementwise_mse(adv, logits["clean"])
     if spec.robust_ce_adv or extra_robust_ce == "adv":
-        parts["robust_ce_adv"] = cross_entropy(adv_logits, labels)
+        parts["robust_ce_adv"] = cross_entropy(adv, labels)
     if spec.robust_ce_clean or extra_robust_ce == "clean":
-        logits = adv_logits if not spec.adversarial else clean_logits
-        parts["robust_ce_clean"] = cross_entropy(logits, labels)
+        # Natural training has no adversarial batch: its "adv" pass is M(x).
+        parts["robust_ce_clean"] = cross_entropy(
+            logits["clean"] if spec.adversarial else adv, labels)
     total = sum(parts.values(), jnp.zeros((), jnp.float32))
     return total, parts

@@ -38,6 +38,7 @@ class MethodSpec:
       robust_ce_clean: uses CE(M_r(x), y).
       clean_student_pass: runs M_r(x) in train mode even when no term needs it
         (the official code always does; it updates BN running statistics).
+        ``config.loss.skip_unused_clean_pass`` turns it off.
       adversarial: crafts adversarial examples at all (False for natural training).
       default_alpha: α when the config leaves it at -1.
     """
@@ -71,7 +72,8 @@ METHODS: dict[str, MethodSpec] = {
     "bgat": MethodSpec(attack_loss="ce", teacher="frozen", boundary=True),
     # LBGAT, Eq. 3: MSE + β·CE(M_n(x), y), CE attack (SPEC 1.5.4).
     "lbgat": MethodSpec(
-        attack_loss="ce", teacher="learnable", boundary=True, natural_ce=True
+        attack_loss="ce", teacher="learnable", boundary=True, natural_ce=True,
+        clean_student_pass=True,
     ),
     # LBGAT+TRADES: exactly the official code (SPEC 1.2-1.3, 1.5.5).
     "lbgat_trades": MethodSpec(

@@ -17,16 +17,10 @@ import optax
 from flax import struct
 
 from advcore import checkpoint as ckpt_lib
+from advcore import run_spec
 from advcore.models import build_model, init_variables
+from advcore.variables import ModelVars
 from lbgat_jax.methods import MethodSpec
-
-
-@struct.dataclass
-class ModelVars:
-    """One network's variables. ``batch_stats`` is ``{}`` for BN-free models."""
-
-    params: Any
-    batch_stats: Any
 
 
 @struct.dataclass
@@ -66,14 +60,9 @@ class Models:
     shared_bn: bool  # Table 2 ablation: M_n is M_r's conv with BN set 1.
 
 
-def _model_vars(variables: dict) -> ModelVars:
-    return ModelVars(
-        params=variables["params"], batch_stats=variables.get("batch_stats", {})
-    )
-
-
-def build_models(config, spec: MethodSpec, num_classes: int) -> Models:
-    """Builds the Flax modules named in ``config.model``."""
+def build_models(config, spec: MethodSpec, num_classes: int,
+                 teacher_modules: tuple[nn.Module, ...] = ()) -> Models:
+    """Builds the Flax modules named in ``config.model`` (frozen teachers: ``load_teachers``)."""
     # bf16 mode: bf16 compute, fp32 params and BN statistics (the models' dtype).
     precision = {"dtype": "bfloat16"} if config.precision == "bfloat16" else {}
     robust_kwargs = {**dict(config.model.robust.kwargs), **precision}
@@ -86,43 +75,30 @@ def build_models(config, spec: MethodSpec, num_classes: int) -> Models:
             config.model.natural.name, num_classes,
             **{**dict(config.model.natural.kwargs), **precision},
         )
-    teachers = ()
-    if spec.teacher == "frozen":
-        teachers = tuple(
-            build_model(t["name"], num_classes, **t["kwargs"])
-            for t in load_teacher_configs(config)
-        )
-    return Models(robust, natural, teachers, bool(config.shared_conv_separate_bn))
+    return Models(robust, natural, tuple(teacher_modules), bool(config.shared_conv_separate_bn))
 
 
 def teacher_workdirs(config) -> list[str]:
     return [p for p in config.teacher.workdirs.split(",") if p]
 
 
-def load_teacher_configs(config) -> list[dict]:
-    """The model specs of the frozen teachers, read from their runs' configs."""
-    specs = []
-    for workdir in teacher_workdirs(config):
-        run_config = ckpt_lib.load_run_config(workdir)
-        specs.append(
-            {
-                "name": run_config["model"]["robust"]["name"],
-                "kwargs": dict(run_config["model"]["robust"]["kwargs"]),
-            }
-        )
-    return specs
+def load_teachers(config) -> tuple[tuple[nn.Module, ...], dict]:
+    """The frozen teachers (BGAT): ``(modules, {"0": ModelVars, ...})``.
 
-
-def load_teacher_vars(config) -> dict:
-    """Frozen teacher variables from the newest checkpoint of each workdir."""
-    teachers = {}
+    Each workdir's newest checkpoint is verified in full, and its default model
+    is rebuilt from the run spec stored with it.
+    """
+    modules, variables = [], {}
     for i, workdir in enumerate(teacher_workdirs(config)):
-        state, _, _ = ckpt_lib.load_raw_state(workdir)
-        teachers[str(i)] = ModelVars(
-            params=jax.tree.map(jnp.asarray, state["robust"]["params"]),
-            batch_stats=jax.tree.map(jnp.asarray, state["robust"].get("batch_stats", {})),
-        )
-    return teachers
+        state, _, meta = ckpt_lib.load_raw_state(workdir)
+        spec = meta.get("run_spec") or {}
+        if not spec:
+            raise ValueError(f"config.teacher.workdirs: {workdir} has no run spec (saved by an "
+                             "older version of this library); retrain the teacher")
+        model = spec["models"][spec["default_model"]]
+        modules.append(run_spec.build(model))
+        variables[str(i)] = ModelVars.from_variables(run_spec.variables_from_state(model, state))
+    return tuple(modules), variables
 
 
 def create_train_state(
@@ -136,10 +112,10 @@ def create_train_state(
     """Initialises both networks from ``key`` (random init, as the paper states)."""
     key_robust, key_natural, key_root = jax.random.split(key, 3)
     sample_shape = (1, *input_shape)
-    robust = _model_vars(init_variables(models.robust, key_robust, sample_shape))
+    robust = ModelVars.from_variables(init_variables(models.robust, key_robust, sample_shape))
     natural: Any = {}
     if models.natural is not None:
-        natural = _model_vars(init_variables(models.natural, key_natural, sample_shape))
+        natural = ModelVars.from_variables(init_variables(models.natural, key_natural, sample_shape))
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         robust=robust,

@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from advcore import losses as shared
+
 # AutoAttack's DLR denominator guard (upstream ``1e-12``).
 _DLR_EPS = 1e-12
 
@@ -46,14 +48,13 @@ def _max_other(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def ce(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Cross-entropy ``logsumexp(z) - z_y`` per example (>= 0).
+    """Cross-entropy ``-log softmax(z)_y`` per example (>= 0): ``advcore.losses.nll``.
 
-    Ascent lowers the probability of class ``y``: untargeted PGD/FGSM
-    (SPEC 4.1, 4.3). For a targeted attack ``y`` is the target and the
-    attack descends it.
+    Ascent lowers the probability of class ``y``: untargeted PGD/FGSM. For a
+    targeted attack ``y`` is the target and the attack descends it.
     """
     _check_logits(logits, 2, "ce")
-    return jax.nn.logsumexp(logits, axis=-1) - _take(logits, y)
+    return shared.nll(logits, y)
 
 
 def cw_margin(logits: jax.Array, y: jax.Array, kappa: float = 0.0) -> jax.Array:
@@ -94,8 +95,7 @@ def kl(logits_adv: jax.Array, logits_ref: jax.Array) -> jax.Array:
 
     ``logits_ref`` are the clean logits (the caller stops their gradient);
     ascent on ``logits_adv`` pushes the adversarial prediction away from the
-    clean one (SPEC 1.2). Terms with ``p_ref = 0`` contribute 0 (PyTorch
-    ``KLDivLoss`` semantics).
+    clean one. ``advcore.losses.kl`` with the attack's argument checks.
     """
     _check_logits(logits_adv, 2, "kl")
     if logits_adv.shape != logits_ref.shape:
@@ -103,10 +103,7 @@ def kl(logits_adv: jax.Array, logits_ref: jax.Array) -> jax.Array:
             f"kl: logits_adv and logits_ref must have the same shape, got "
             f"{logits_adv.shape} and {logits_ref.shape}"
         )
-    log_p = jax.nn.log_softmax(logits_ref, axis=-1)
-    log_q = jax.nn.log_softmax(logits_adv, axis=-1)
-    p = jnp.exp(log_p)
-    return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+    return shared.kl(logits_adv, logits_ref)
 
 
 def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:

@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.natural_ce_weight = 1.0  # the paper's β
     c.loss.boundary = "mse"  # 'kl' = Table 1 "(KL)" ablation
     c.loss.extra_robust_ce = "none"  # 'clean' / 'adv' = Table 1 "w/ CE" ablation
+    # The official code always runs M_r(x) in train mode, even when no term
+    # uses it (it updates BN statistics); True skips that pass.
+    c.loss.skip_unused_clean_pass = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1

@@ -14,6 +14,7 @@ ADV = rng.normal(size=(B, C)).astype(np.float32)
 CLEAN = rng.normal(size=(B, C)).astype(np.float32)
 TEACHER = rng.normal(size=(B, C)).astype(np.float32)
 Y = np.array([0, 3, 1, 4], np.int32)
+LOGITS = {"adv": ADV, "clean": CLEAN, "natural": TEACHER}
 
 
 def np_log_softmax(z):
@@ -51,7 +52,7 @@ EXPECTED = {
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("alpha", [0.0, 6.0])
 def test_method_loss_equals_hand_computation(method, alpha):
-    total, parts = losses.outer_loss(get_method(method), Y, ADV, CLEAN, TEACHER, alpha=alpha)
+    total, parts = losses.outer_loss(get_method(method), Y, LOGITS, alpha=alpha)
     np.testing.assert_allclose(float(total), EXPECTED[method](alpha), rtol=1e-5)
     np.testing.assert_allclose(float(total), float(sum(parts.values())), rtol=1e-6)
 
@@ -64,15 +65,15 @@ def test_mse_is_element_mean_not_per_sample_sum():
 
 def test_ablations_equal_hand_computation():
     spec = get_method("lbgat_trades")
-    total, _ = losses.outer_loss(spec, Y, ADV, CLEAN, TEACHER, alpha=0.0, boundary_loss="kl")
+    total, _ = losses.outer_loss(spec, Y, LOGITS, alpha=0.0, boundary_loss="kl")
     np.testing.assert_allclose(float(total), np_kl(TEACHER, ADV) + np_ce(TEACHER, Y), rtol=1e-5)
-    total, _ = losses.outer_loss(spec, Y, ADV, CLEAN, TEACHER, alpha=0.0, extra_robust_ce="clean")
+    total, _ = losses.outer_loss(spec, Y, LOGITS, alpha=0.0, extra_robust_ce="clean")
     np.testing.assert_allclose(
         float(total), np_mse(ADV, TEACHER) + np_ce(TEACHER, Y) + np_ce(CLEAN, Y), rtol=1e-5)
-    total, _ = losses.outer_loss(spec, Y, ADV, CLEAN, TEACHER, alpha=0.0, extra_robust_ce="adv")
+    total, _ = losses.outer_loss(spec, Y, LOGITS, alpha=0.0, extra_robust_ce="adv")
     np.testing.assert_allclose(
         float(total), np_mse(ADV, TEACHER) + np_ce(TEACHER, Y) + np_ce(ADV, Y), rtol=1e-5)
-    total, _ = losses.outer_loss(spec, Y, ADV, CLEAN, TEACHER, alpha=0.0, natural_ce_weight=2.5)
+    total, _ = losses.outer_loss(spec, Y, LOGITS, alpha=0.0, natural_ce_weight=2.5)
     np.testing.assert_allclose(
         float(total), np_mse(ADV, TEACHER) + 2.5 * np_ce(TEACHER, Y), rtol=1e-5)
 
@@ -84,7 +85,7 @@ def test_gradient_routing_of_each_term():
 
     def part_grads(name, alpha=6.0):
         def f(adv, clean, teacher):
-            _, parts = losses.outer_loss(spec, Y, adv, clean, teacher, alpha=alpha)
+            _, parts = losses.outer_loss(spec, Y, {"adv": adv, "clean": clean, "natural": teacher}, alpha=alpha)
             return parts[name]
         return jax.grad(f, argnums=(0, 1, 2))(ADV, CLEAN, TEACHER)
 

@@ -4,9 +4,10 @@ The plain formulation is ``lax.conv_general_dilated`` with JAX's own VJP and
 the PGD loop as a rolled ``lax.fori_loop`` (unroll=1). The levers kept in the
 library are checked against it:
 
-* ``advcore.models.conv_ops`` 'canonical' VJP (the input gradient as a
+* ``advcore.backend``'s CPU model rewrites (the input gradient as a
   canonical NHWC/HWIO convolution, which XLA:CPU runs with its fast
-  convolution library even inside the PGD while-loop);
+  convolution library even inside the PGD while-loop; unpadded convolutions
+  through the padded path; reshape max pooling);
 * the loop form (``attack.unroll`` 1 / 2 / full).
 
 fp32: loss, metrics and both models' parameters after a step agree to 1e-5.
@@ -23,7 +24,7 @@ import pytest
 
 from advcore import optim as optim_lib
 from advcore import parallel
-from advcore.models import conv_ops
+from advcore import backend
 from configs.lbgat import cifar10
 from lbgat_jax import state as state_lib
 from lbgat_jax import step as step_lib
@@ -38,9 +39,9 @@ BF16_UPDATE_COSINE = 0.9
 
 
 @pytest.fixture(autouse=True)
-def _restore_conv_impl():
+def _restore_rewrites():
     yield
-    conv_ops.set_conv_impl(None)
+    backend.set_cpu_rewrites(None)
 
 
 def tiny_config(unroll=1, precision="float32", num_steps=3):
@@ -53,7 +54,7 @@ def tiny_config(unroll=1, precision="float32", num_steps=3):
 
 
 def one_step(config, conv_impl, batch_np):
-    conv_ops.set_conv_impl(conv_impl)
+    backend.set_cpu_rewrites(conv_impl == "canonical")
     method = get_method(config.method)
     models = state_lib.build_models(config, method, 10)
     schedule = optim_lib.epoch_piecewise_schedule(0.1, 10)
@@ -77,7 +78,7 @@ def batch_np():
 @pytest.fixture(scope="module")
 def reference(batch_np):
     out = one_step(tiny_config(unroll=1), "plain", batch_np)
-    conv_ops.set_conv_impl(None)
+    backend.set_cpu_rewrites(None)
     return out
 
 
@@ -92,7 +93,7 @@ def assert_same_step(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), **FP32_TOL)
 
 
-# padding 0 takes the padded-and-sliced path (conv_ops docstring).
+# padding 0 takes the padded-and-sliced path (advcore.backend docstring).
 @pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 3),
                                               (2, 0, 3), (1, 0, 5)])
 def test_canonical_conv_vjp_equals_jax(stride, padding, k):
@@ -103,26 +104,41 @@ def test_canonical_conv_vjp_equals_jax(stride, padding, k):
     def f(fn):
         return lambda x, w: jnp.sum(jnp.sin(fn(x, w, (stride, stride), pads)))
 
-    plain = jax.grad(f(conv_ops._plain), (0, 1))(x, w)
-    canon = jax.grad(f(conv_ops._canonical), (0, 1))(x, w)
+    plain = jax.grad(f(backend.plain_conv2d), (0, 1))(x, w)
+    canon = jax.grad(f(backend.canonical_conv2d), (0, 1))(x, w)
     for a, b in zip(plain, canon):
         np.testing.assert_allclose(a, b, **FP32_TOL)
     # ...also where it matters: inside a while loop.
     loop = lambda fn: jax.jit(lambda x, w: jax.lax.fori_loop(  # noqa: E731
         0, 2, lambda i, z: z + 0.1 * jax.grad(f(fn))(z, w), x))
-    np.testing.assert_allclose(loop(conv_ops._plain)(x, w), loop(conv_ops._canonical)(x, w),
+    np.testing.assert_allclose(loop(backend.plain_conv2d)(x, w), loop(backend.canonical_conv2d)(x, w),
                                **FP32_TOL)
 
 
-def test_conv_impl_selection(monkeypatch):
-    monkeypatch.setenv("ADVCORE_CONV_IMPL", "plain")
-    assert conv_ops.conv_impl() == "plain"
-    monkeypatch.setenv("ADVCORE_CONV_IMPL", "auto")
-    assert conv_ops.conv_impl() == ("canonical" if jax.default_backend() == "cpu" else "plain")
-    conv_ops.set_conv_impl("canonical")
-    assert conv_ops.conv_impl() == "canonical"
-    with pytest.raises(ValueError, match="impl must be one of"):
-        conv_ops.set_conv_impl("winograd")
+def test_cpu_rewrite_selection():
+    assert backend.cpu_rewrites_enabled() == (jax.default_backend() == "cpu")
+    backend.set_cpu_rewrites(False)
+    assert not backend.cpu_rewrites_enabled()
+    backend.set_cpu_rewrites(True)
+    assert backend.cpu_rewrites_enabled()
+    with pytest.raises(ValueError, match="enabled must be True, False or None"):
+        backend.set_cpu_rewrites("winograd")
+
+
+def test_models_are_plain_flax_outside_the_runtime():
+    # The plain model (no rewrite) and the runtime's apply give the same
+    # logits, and forward-mode AD works on the plain model.
+    from advcore.models import build_model, init_variables
+    from advcore.variables import ModelVars, apply_eval
+
+    model = build_model("small_cnn", 10, channels=(4, 4, 8, 8), hidden_dim=16)
+    v = init_variables(model, jax.random.PRNGKey(0), (1, 28, 28, 1))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    backend.set_cpu_rewrites(True)
+    fast = apply_eval(model, ModelVars.from_variables(v), x)
+    np.testing.assert_allclose(model.apply(v, x, train=False), fast, **FP32_TOL)
+    tangent = jax.jvp(lambda x: model.apply(v, x, train=False), (x,), (jnp.ones_like(x),))[1]
+    assert tangent.shape == (2, 10) and bool(jnp.all(jnp.isfinite(tangent)))
 
 
 @pytest.mark.parametrize("conv_impl,unroll", [("canonical", 1), ("canonical", 3), ("plain", 3)])
