@@ -10,7 +10,7 @@ import pytest
 
 from advcore import parallel
 from lbgat_jax import train
-from lbgat_jax.config_validation import validate_config
+from lbgat_jax.config_schema import validate_config
 from lbgat_jax.methods import METHODS
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "lbgat")
@@ -73,10 +73,10 @@ def test_sweep_entries_apply_to_the_config():
 
 @pytest.mark.parametrize("field,value,message", [
     ("method", "lbgta", "config.method must be one of"),
-    ("attack.eps", -0.1, r"config.attack.eps must be in \[0, 1\]"),
+    ("attack.eps", -0.1, r"config.attack.eps must be a number in \[0, 1\]"),
     ("dataset.name", "imagenet", "config.dataset.name must be one of"),
     ("attack.bn_mode", "train", "config.attack.bn_mode must be one of"),
-    ("optim.momentum", 1.0, r"config.optim.momentum must be in \[0, 1\)"),
+    ("optim.momentum", 1.0, r"config.optim.momentum must be a number in \[0, 1\)"),
     ("loss.boundary", "l1", "config.loss.boundary must be one of"),
 ])
 def test_bad_fields_are_named(field, value, message):
