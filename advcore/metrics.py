@@ -73,6 +73,24 @@ class MetricWriter:
                 if name not in ("step", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(name, value, step)
 
+    def truncate_after(self, step: int) -> None:
+        """Drops the records logged after ``step`` (atomically).
+
+        A run resumed from its step-``step`` checkpoint logs the later steps
+        again, with the same values; keeping the killed run's records as well
+        would count those steps twice.
+        """
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        records = list(read_metrics(self.path))
+        kept = [r for r in records if int(r.get("step", 0)) <= step]
+        if len(kept) == len(records):
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as f:
             f.seek(-1, os.SEEK_END)

@@ -6,8 +6,9 @@ papers' "−" (e.g. a defence is not scored on the attack it was trained on).
 
 from __future__ import annotations
 
-import json
 from typing import Mapping, Optional, Sequence
+
+from advcore import files
 
 Table = Mapping[str, Mapping[str, Optional[float]]]
 
@@ -93,14 +94,10 @@ def write_table(
     with_avg_rank: bool = False,
     **markdown_kwargs,
 ) -> None:
-    """Writes ``<prefix>.md`` and ``<prefix>.json`` for one table."""
+    """Writes ``<prefix>.md`` and ``<prefix>.json`` for one table (atomically)."""
     md = markdown_table(table, columns, with_avg_rank=with_avg_rank, **markdown_kwargs)
-    with open(path_prefix + ".md", "w") as f:
-        if title:
-            f.write(f"## {title}\n\n")
-        f.write(md + "\n")
+    files.write_text(path_prefix + ".md", (f"## {title}\n\n" if title else "") + md + "\n")
     payload = {"title": title, "rows": {k: dict(v) for k, v in table.items()}}
     if with_avg_rank:
         payload["avg_rank"] = avg_rank(table, columns)
-    with open(path_prefix + ".json", "w") as f:
-        json.dump(payload, f, indent=2)
+    files.write_json(path_prefix + ".json", payload)

@@ -10,10 +10,17 @@ protocols are in experiments/RESULTS.md ("Full protocols on a GPU").
 
 from __future__ import annotations
 
-import argparse
 import os
+from typing import Sequence
 
-from advcore import tables
+from absl import flags
+
+from advcore import cli, evaluation, files, tables
+from configs.lbgat import fashion_mnist, mnist
+from lbgat_jax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory of the two runs.")
+_DATASET = flags.DEFINE_enum("dataset", "mnist", ["mnist", "fashion_mnist"], "Dataset.")
 
 RUNS = (
     ("LBGAT+TRADES (α=0)", "demo,lbgat_trades,alpha0"),
@@ -21,40 +28,35 @@ RUNS = (
 )
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/demo")
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
-    args = parser.parse_args(argv)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
-
-    from advcore import parallel
-
-    parallel.initialize_distributed()
-    from configs.lbgat import fashion_mnist, mnist
-    from lbgat_jax import train
-
-    config_module = mnist if args.dataset == "mnist" else fashion_mnist
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {list(argv[1:])}")
+    cli.setup("lbgat_jax.demo")
+    config_module = mnist if _DATASET.value == "mnist" else fashion_mnist
     rows = {}
+    threat = None
     for label, variant in RUNS:
         config = config_module.get_config(variant)
         config.lock()
-        workdir = os.path.join(args.workdir, variant.replace(",", "_"))
+        workdir = os.path.join(_WORKDIR.value, variant.replace(",", "_"))
         result = train.train_and_evaluate(config, workdir)
         for name, row in result["eval"].items():
             model = "robust" if "(robust)" in name else "natural"
             rows[f"{label} — {model} model"] = {
                 k: v for k, v in row.items() if k not in ("n", "worst_case")
             }
+        threat = result["threat_model"]
     table = tables.markdown_table(rows, row_header="method")
-    path = os.path.join(args.workdir, "demo_table.md")
-    with open(path, "w") as f:
-        f.write(table + "\n")
-    print(f"\n{args.dataset}: clean and PGD-20 accuracy (%), written to {path}\n")
+    title = f"{evaluation.threat_model_title(threat)}: clean and PGD-20 accuracy (%)"
+    path = os.path.join(_WORKDIR.value, "demo_table.md")
+    files.write_text(path, f"## {title}\n\n{table}\n")
+    print(f"\n{title}, written to {path}\n")
     print(table)
 
 
+def run() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,115 +1,87 @@
-"""The LBGAT-family training loop: data, state, checkpoints, logging, evaluation.
+"""LBGAT-family training: build the run, train it with ``advcore.train_loop``, evaluate it.
 
 ``train_and_evaluate(config, workdir)`` trains any method of
-``lbgat_jax.methods`` from a config, resumes exactly from the newest
-checkpoint in ``workdir``, and ends with a clean/PGD table.
-
-Guarantees:
-* **Exact resume**: the checkpoint holds the whole train state (both models,
-  optimizer, step, root key) and the data iterator's position; per-step keys
-  are ``fold_in(key, step)``. N steps, a stop, a resume and N more equal 2N
-  steps in one go.
-* **No silent NaNs**: losses are checked on the host before every checkpoint
-  and every log line; a non-finite loss raises ``NonFiniteLossError`` and the
-  last good checkpoint stays in place.
+``lbgat_jax.methods`` from a config, resumes exactly from the newest intact
+checkpoint in ``workdir`` (``advcore.train_loop``: exact resume, clean stops on
+NaN / SIGINT / SIGTERM), and ends with a clean/robust table at the run's
+threat model. Every checkpoint carries the run spec (``advcore.run_spec``),
+so ``python -m advcore.evaluate --workdir=...`` can evaluate it later.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
 import os
-import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
+from flax import serialization
 
 from advcore import checkpoint as ckpt_lib
 from advcore import data as data_lib
-from advcore import evaluate as eval_lib
-from advcore import metrics as metrics_lib
+from advcore import evaluation, files, parallel, run_spec, tables, train_loop
 from advcore import optim as optim_lib
-from advcore import parallel
-from advcore import tables
+from advcore.metrics import MetricWriter
+from advcore.train_loop import NonFiniteLossError  # noqa: F401 (re-exported)
 from lbgat_jax import state as state_lib
 from lbgat_jax import step as step_lib
-from lbgat_jax.config_validation import validate_config
+from lbgat_jax.config_schema import RESUMABLE, validate_config
 from lbgat_jax.methods import get_method
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
+log = logging.getLogger("advcore")
 
 
 def _augment_for(config, info) -> str:
     return info.train_augment if config.dataset.augment == "default" else config.dataset.augment
 
 
-def _eval_table(config, spec, models, state, test, mesh, key) -> dict[str, dict]:
-    """Clean and PGD accuracy of the robust model (and the natural one)."""
-    names = [a for a in config.eval.attacks.split(",") if a]
-    attack_fns = eval_lib.build_attacks(
-        names, eps=config.eval.eps, step_size=config.eval.step_size
-    )
-    rows = {}
-    targets = [("robust", models.robust, state.robust, {})]
-    if models.natural is not None:
-        targets.append(("natural", models.natural, state.natural, {}))
-    elif models.shared_bn:
-        targets.append(("natural", models.robust, state.robust, {"bn_set": 1}))
-    for label, module, mv, kwargs in targets:
-        def apply_fn(v, x, module=module, kwargs=kwargs):
-            return module.apply(v, x, train=False, **kwargs)
-
-        variables = step_lib._variables(mv)
-        rows[f"{config.method} ({label})"] = eval_lib.evaluate_classifier(
-            apply_fn, variables, test.images, test.labels, attack_fns,
-            batch_size=config.eval.batch_size, mesh=mesh, key=key,
-            progress=config.progress_bar,
-        )
-    return rows
-
-
-def _check_finite(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-    """Fetches pending step metrics and raises on a non-finite loss."""
-    fetched = []
-    for step, metrics in pending:
-        host = jax.tree.map(lambda a: np.asarray(a).item(), metrics)
-        if not math.isfinite(host["loss"]) or not host.get("params_finite", True):
-            what = (f"loss became {host['loss']}" if not math.isfinite(host["loss"])
-                    else "parameters became non-finite")
-            raise NonFiniteLossError(
-                f"{what} at step {step}; training stopped and the last good "
-                "checkpoint was kept (try a lower optim.lr)"
-            )
-        fetched.append((step, host))
-    return fetched
+def make_run_spec(config, spec, num_classes: int) -> dict:
+    """The run spec of an LBGAT-family run (its models, resolved, and threat model)."""
+    robust_kwargs = dict(config.model.robust.kwargs)
+    if config.shared_conv_separate_bn:
+        robust_kwargs["num_bn_sets"] = 2
+    models = {"robust": run_spec.model_spec(config.model.robust.name, num_classes,
+                                            kwargs=robust_kwargs, state_key="robust")}
+    if spec.teacher == "learnable":
+        if config.shared_conv_separate_bn:  # M_n is M_r's convolutions with BN set 1
+            models["natural"] = run_spec.model_spec(
+                config.model.robust.name, num_classes, kwargs=robust_kwargs,
+                call_kwargs={"bn_set": 1}, state_key="robust")
+        else:
+            models["natural"] = run_spec.model_spec(
+                config.model.natural.name, num_classes,
+                kwargs=dict(config.model.natural.kwargs), state_key="natural")
+    return run_spec.run_spec(
+        method=config.method,
+        dataset={"name": config.dataset.name, "source": config.dataset.source,
+                 "data_dir": config.dataset.data_dir, "test_split": config.dataset.test_split},
+        models=models, default_model="robust",
+        threat_model={"norm": config.attack.norm, "eps": config.eval.eps,
+                      "attacks": eval_attack_names(config),
+                      "step_size": config.eval.step_size or None})
 
 
-def build_run(config: ml_collections.ConfigDict, mesh=None):
+def eval_attack_names(config) -> list[str]:
+    return [a.strip() for a in config.eval.attacks.split(",") if a.strip()]
+
+
+def build_run(config: ml_collections.ConfigDict, mesh=None) -> dict[str, Any]:
     """Everything a run needs, without training: used by train and tests."""
     validate_config(config)
     spec = get_method(config.method)
     info = data_lib.get_dataset_info(config.dataset.name)
     mesh = parallel.make_mesh() if mesh is None else mesh
-    limit = config.dataset.train_limit or None
+    if config.batch_size % mesh.devices.size:
+        raise ValueError(f"config.batch_size must be divisible by the device count "
+                         f"({mesh.devices.size}), got {config.batch_size}")
     train = data_lib.load_split(
         config.dataset.name, config.dataset.train_split, source=config.dataset.source,
-        data_dir=config.dataset.data_dir or None, limit=limit,
+        data_dir=config.dataset.data_dir or None, limit=config.dataset.train_limit or None,
     )
     if config.batch_size > len(train.labels):
-        raise ValueError(
-            f"config.batch_size ({config.batch_size}) must be <= the number of "
-            f"training examples ({len(train.labels)})"
-        )
-    if config.batch_size % mesh.devices.size:
-        raise ValueError(
-            f"config.batch_size ({config.batch_size}) must be divisible by the "
-            f"device count ({mesh.devices.size})"
-        )
+        raise ValueError(f"config.batch_size must be <= the number of training examples "
+                         f"({len(train.labels)}), got {config.batch_size}")
     steps_per_epoch = data_lib.steps_per_epoch(len(train.labels), config.batch_size)
     lr_schedule = optim_lib.epoch_piecewise_schedule(
         config.optim.lr, steps_per_epoch, tuple(config.optim.decay_epochs),
@@ -118,8 +90,10 @@ def build_run(config: ml_collections.ConfigDict, mesh=None):
     tx = optim_lib.torch_sgd(
         lr_schedule, config.optim.momentum, config.optim.weight_decay, config.optim.nesterov
     )
-    models = state_lib.build_models(config, spec, info.num_classes)
-    teacher_vars = state_lib.load_teacher_vars(config) if spec.teacher == "frozen" else None
+    teacher_modules, teacher_vars = ((), None)
+    if spec.teacher == "frozen":
+        teacher_modules, teacher_vars = state_lib.load_teachers(config)
+    models = state_lib.build_models(config, spec, info.num_classes, teacher_modules)
     state = state_lib.create_train_state(
         config, models, tx, jax.random.PRNGKey(config.seed), info.image_shape, teacher_vars
     )
@@ -128,114 +102,115 @@ def build_run(config: ml_collections.ConfigDict, mesh=None):
     return dict(
         spec=spec, info=info, mesh=mesh, train=train, steps_per_epoch=steps_per_epoch,
         lr_schedule=lr_schedule, tx=tx, models=models, state=state, train_step=train_step,
+        run_spec=make_run_spec(config, spec, info.num_classes),
     )
+
+
+def evaluate_state(config, spec_of_run: dict, state, mesh) -> dict[str, Any]:
+    """Clean and robust accuracy of every model of the run, at its threat model."""
+    test = data_lib.load_split(
+        config.dataset.name, config.dataset.test_split, source=config.dataset.source,
+        data_dir=config.dataset.data_dir or None, limit=config.eval.num_examples or None)
+    tm = spec_of_run["threat_model"]
+    attacks = evaluation.build_attacks(tm["attacks"], eps=tm["eps"], step_size=tm["step_size"])
+    pure = serialization.to_state_dict(jax.device_get(state))
+    rows = {}
+    for label, model in spec_of_run["models"].items():
+        variables = run_spec.variables_from_state(model, pure)
+        rows[f"{config.method} ({label})"] = evaluation.evaluate_classifier(
+            run_spec.make_apply_fn(model), variables, test.images, test.labels, attacks,
+            batch_size=config.eval.batch_size, mesh=mesh, key=jax.random.PRNGKey(config.seed + 1),
+            progress=config.progress_bar)
+    n = next(iter(rows.values()))["n"]
+    threat = evaluation.threat_model_record(
+        config.dataset.name, config.dataset.test_split, tm["norm"], tm["eps"], attacks, n=n,
+        seed=config.seed + 1)
+    return {"rows": rows, "threat_model": threat}
+
+
+def _final_eval_fingerprint(config, step: int) -> dict:
+    return {"step": step, "eval": config.eval.to_dict(), "attack_norm": config.attack.norm}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) the run in ``workdir``; returns the final eval rows."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir {workdir} exists and is not a directory")
     run = build_run(config)
-    spec, info, mesh = run["spec"], run["info"], run["mesh"]
-    models, state, train_step = run["models"], run["state"], run["train_step"]
+    mesh, state = run["mesh"], run["state"]
     steps_per_epoch = run["steps_per_epoch"]
     total_steps = config.num_epochs * steps_per_epoch
 
     os.makedirs(workdir, exist_ok=True)
     if parallel.is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    writer = metrics_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
+        files.write_text(os.path.join(workdir, "config.json"),
+                         config.to_json_best_effort(indent=2))
+        log.info("%s on %s: %d examples, %d steps per epoch, %d steps; workdir %s "
+                 "(config.json, metrics.jsonl, checkpoints/, eval.md)", config.method,
+                 config.dataset.name, len(run["train"].labels), steps_per_epoch, total_steps,
+                 os.path.abspath(workdir))
+    writer = MetricWriter(workdir, tensorboard=config.tensorboard)
     checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), config.to_dict(),
-        max_to_keep=config.keep_checkpoints,
+        os.path.join(workdir, "checkpoints"), config.to_dict(), resumable=RESUMABLE,
+        max_to_keep=config.keep_checkpoints, run_spec=run["run_spec"],
     )
-
-    train_iter = data_lib.make_train_iterator(
+    batches = data_lib.make_train_iterator(
         run["train"], global_batch_size=config.batch_size, seed=config.seed,
-        augment=_augment_for(config, info),
+        augment=_augment_for(config, run["info"]),
     )
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        state, meta = restored
-        train_iter.set_state(meta["data_iterator"])
-        print(f"Resumed from step {int(state.step)} in {workdir}")
-    start_step = int(jax.device_get(state.step))
 
-    checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
-    stop_at = total_steps
-    if config.stop_after_steps:
-        stop_at = min(total_steps, start_step + config.stop_after_steps)
+    def eval_fn(st, step):
+        result = evaluate_state(config, run["run_spec"], st, mesh)
+        return {f"{label}/{k}": v for label, row in result["rows"].items()
+                for k, v in row.items()}
 
-    progress = None
-    if config.progress_bar and parallel.is_main_process():
-        from tqdm import tqdm
+    adv = run["spec"].adversarial
+    try:
+        state, step = train_loop.run(
+            state=state, step_fn=run["train_step"], batches=batches, mesh=mesh,
+            total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            global_batch_size=config.batch_size, checkpointer=checkpointer,
+            checkpoint_every_steps=config.checkpoint_every_steps, writer=writer,
+            log_every_steps=config.log_every_steps, eval_fn=eval_fn,
+            eval_every_epochs=config.eval_every_epochs, stop_after_steps=config.stop_after_steps,
+            progress=config.progress_bar, desc=config.method,
+            postfix=lambda m: {"loss": f"{m['loss']:.4f}", ("adv_acc" if adv else "acc"):
+                               f"{m.get('train/adv_acc', m.get('train/acc', 0)):.3f}"})
+    finally:
+        checkpointer.close()
 
-        progress = tqdm(total=total_steps, initial=start_step, unit="step",
-                        desc=f"{config.method}", dynamic_ncols=True)
-
-    pending: list[tuple[int, dict]] = []
-    step = start_step
-    step_time = time.time()
-    while step < stop_at:
-        batch = parallel.shard_batch(next(train_iter), mesh)
-        state, metrics = train_step(state, batch)
-        step += 1
-        pending.append((step, metrics))
-        if progress is not None:
-            progress.update(1)
-
-        if step % config.log_every_steps == 0 or step == stop_at:
-            fetched = _check_finite(pending)
-            pending = []
-            elapsed = time.time() - step_time
-            step_time = time.time()
-            last_step, last = fetched[-1]
-            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in last
-                    if k != "params_finite"}
-            mean["epoch"] = last_step / steps_per_epoch
-            mean["images_per_sec"] = len(fetched) * config.batch_size / max(elapsed, 1e-9)
-            writer.write(last_step, mean)
-            if progress is not None:
-                progress.set_postfix(loss=f"{mean['loss']:.4f}",
-                                     adv_acc=f"{mean.get('train/adv_acc', mean.get('train/acc', 0)):.3f}")
-
-        end_of_epoch = step % steps_per_epoch == 0
-        if step % checkpoint_every == 0 or step == stop_at:
-            _check_finite(pending)  # never checkpoint a NaN state
-            checkpointer.save(step, state, train_iter.get_state())
-        if (config.eval_every_epochs and end_of_epoch
-                and (step // steps_per_epoch) % config.eval_every_epochs == 0
-                and step < total_steps):
-            rows = _eval_table(config, spec, models, state, _test_split(config), mesh,
-                               jax.random.PRNGKey(config.seed + 1))
-            for label, row in rows.items():
-                writer.write(step, {f"eval/{label}/{k}": v for k, v in row.items()})
-
-    if progress is not None:
-        progress.close()
-    checkpointer.wait()
-
-    rows: dict[str, dict] = {}
+    result: dict[str, Any] = {"rows": {}, "threat_model": None}
     if step >= total_steps and config.final_eval:
-        rows = _eval_table(config, spec, models, state, _test_split(config), mesh,
-                           jax.random.PRNGKey(config.seed + 1))
-        for label, row in rows.items():
+        result = _final_eval(config, run, state, step, workdir, writer)
+    writer.close()
+    return {"state": state, "eval": result["rows"], "threat_model": result["threat_model"],
+            "step": step}
+
+
+def _final_eval(config, run, state, step: int, workdir: str, writer: MetricWriter) -> dict:
+    """The final evaluation, written once: a re-run with the same settings reuses it."""
+    path = os.path.join(workdir, "eval.json")
+    fingerprint = _final_eval_fingerprint(config, step)
+    stored = files.read_json(path)
+    if stored and stored.get("fingerprint") == fingerprint:
+        result = stored
+    else:
+        result = evaluate_state(config, run["run_spec"], state, run["mesh"])
+        result["fingerprint"] = fingerprint
+        for label, row in result["rows"].items():
             writer.write(step, {f"eval/{label}/{k}": v for k, v in row.items()})
         if parallel.is_main_process():
-            tables.write_table(
-                os.path.join(workdir, "eval"),
-                {k: {c: v for c, v in r.items() if c != "n"} for k, r in rows.items()},
-                title=f"{config.dataset.name}: clean and robust accuracy (%), "
-                      f"n={next(iter(rows.values()))['n']}",
-            )
-            print(open(os.path.join(workdir, "eval.md")).read())
-    checkpointer.close()
-    writer.close()
-    return {"state": state, "eval": rows, "step": step}
+            files.write_json(path, result)
+    text = _format_eval(result)
+    if parallel.is_main_process():
+        files.write_text(os.path.join(workdir, "eval.md"), text)
+        print(text)
+    return result
 
 
-def _test_split(config):
-    return data_lib.load_split(
-        config.dataset.name, config.dataset.test_split, source=config.dataset.source,
-        data_dir=config.dataset.data_dir or None,
-        limit=config.eval.num_examples or None,
-    )
+def _format_eval(result: dict) -> str:
+    rows = {k: {c: v for c, v in r.items() if c != "n"} for k, r in result["rows"].items()}
+    threat = result["threat_model"]
+    return (f"## {evaluation.threat_model_title(threat)}: clean and robust accuracy (%)\n\n"
+            + tables.markdown_table(rows) + "\n\n"
+            + "\n".join(evaluation.threat_model_lines(threat)) + "\n")

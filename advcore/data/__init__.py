@@ -25,8 +25,10 @@ from advcore.data.offline_tfds import prepare_offline_tfds
 from advcore.data.pipeline import (
     crop_flip,
     eval_batches,
+    make_batch_iterator,
     make_train_iterator,
     steps_per_epoch,
+    to_float,
 )
 
 __all__ = [
@@ -41,7 +43,9 @@ __all__ = [
     "eval_batches",
     "get_dataset_info",
     "load_split",
+    "make_batch_iterator",
     "make_train_iterator",
     "prepare_offline_tfds",
     "steps_per_epoch",
+    "to_float",
 ]

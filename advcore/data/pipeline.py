@@ -15,7 +15,7 @@ augmentation parameters are drawn for all G rows from an RNG keyed by
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grain
 import numpy as np
@@ -94,6 +94,65 @@ def augmentation_params(
     return offsets, flips
 
 
+def make_batch_iterator(
+    num_examples: int,
+    *,
+    global_batch_size: int,
+    seed: int,
+    make_batch: Callable[[int, np.ndarray], dict],
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
+    """A resumable iterator of shuffled batches of any arrays (grain).
+
+    Each epoch is a new permutation of ``range(num_examples)`` (a function of
+    ``seed`` and the epoch), cut into global batches (the last partial one is
+    dropped). ``make_batch(step, rows)`` turns this process's rows
+    ``[p*L, (p+1)*L)`` of global step ``step``'s indices into arrays.
+
+    The iterator is grain's, so ``get_state()`` / ``set_state()`` (and orbax's
+    ``grain.checkpoint`` handlers) resume it exactly.
+
+    Args:
+      num_examples: size of the index space.
+      global_batch_size: examples per step over all processes.
+      seed: shuffling seed (non-negative int).
+      make_batch: ``(global step, local row indices) -> dict of arrays``.
+      num_epochs: number of passes, None for an endless iterator.
+      process_index, process_count: default ``jax.process_index()/process_count()``.
+      read_options: grain prefetch options (default: one background thread,
+        two batches ahead, enough to overlap with a jitted step).
+    """
+    p, num_p = _process_layout(process_index, process_count)
+    g = _check_batch("global_batch_size", global_batch_size, num_p)
+    n = int(num_examples)
+    if g > n:
+        raise ValueError(
+            f"global_batch_size must be <= the number of examples ({n}), got {g}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if num_epochs is not None and (
+        not isinstance(num_epochs, (int, np.integer)) or num_epochs < 1
+    ):
+        raise ValueError(f"num_epochs must be None or an int >= 1, got {num_epochs!r}")
+    local = g // num_p
+    lo, hi = p * local, (p + 1) * local
+
+    batches = (
+        grain.MapDataset.range(n)
+        .shuffle(seed=int(seed))
+        .batch(g, drop_remainder=True)
+        # shuffle -> batch -> repeat: grain draws a new permutation per epoch.
+        .repeat(None if num_epochs is None else int(num_epochs))
+        .map_with_index(lambda step, indices: make_batch(step, indices[lo:hi]))
+    )
+    if read_options is None:
+        read_options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+    return iter(batches.to_iter_dataset(read_options))
+
+
 def make_train_iterator(
     ds: ArrayDataset,
     *,
@@ -107,16 +166,15 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
     """A resumable iterator of shuffled, augmented training batches.
 
+    ``make_batch_iterator`` over ``ds``, with the dataset's augmentation drawn
+    for the whole global batch from (seed, step), so each row's augmentation
+    does not depend on the process layout.
+
     Args:
       ds: the training set.
-      global_batch_size: examples per step over all processes.
-      seed: shuffling and augmentation seed (non-negative int).
+      global_batch_size, seed, num_epochs, process_index, process_count,
+        read_options: as ``make_batch_iterator``.
       augment: 'crop_flip' or 'none' (see `DatasetInfo.train_augment`).
-      num_epochs: number of passes, None for an endless iterator. Each epoch
-        uses a new permutation; the last partial batch of each epoch is dropped.
-      process_index, process_count: default `jax.process_index()/process_count()`.
-      read_options: grain prefetch options (default: one background thread,
-        two batches ahead, enough to overlap with a jitted step).
 
     Yields:
       {'image': float32 (L, H, W, C) in [0, 1], 'label': int32 (L,)} with
@@ -124,44 +182,24 @@ def make_train_iterator(
     """
     if not isinstance(ds, ArrayDataset):
         raise ValueError(f"ds must be an ArrayDataset, got {type(ds).__name__}")
-    p, num_p = _process_layout(process_index, process_count)
-    g = _check_batch("global_batch_size", global_batch_size, num_p)
-    n = len(ds)
-    if g > n:
-        raise ValueError(
-            f"global_batch_size must be <= the number of examples ({n}), got {g}")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if num_epochs is not None and (
-        not isinstance(num_epochs, (int, np.integer)) or num_epochs < 1
-    ):
-        raise ValueError(f"num_epochs must be None or an int >= 1, got {num_epochs!r}")
-    seed = int(seed)
+    p, num_p = _process_layout(process_index, process_count)
+    g = _check_batch("global_batch_size", global_batch_size, num_p)
     local = g // num_p
     lo, hi = p * local, (p + 1) * local
     images, labels = ds.images, ds.labels
 
-    def make_batch(step: int, global_indices: np.ndarray) -> dict[str, np.ndarray]:
-        rows = global_indices[lo:hi]
+    def make_batch(step: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         x = images[rows]
         if augment == "crop_flip":
-            offsets, flips = augmentation_params(seed, step, g)
+            offsets, flips = augmentation_params(int(seed), step, g)
             x = crop_flip(x, offsets[lo:hi], flips[lo:hi])
         return {"image": to_float(x), "label": labels[rows]}
 
-    batches = (
-        grain.MapDataset.range(n)
-        .shuffle(seed=seed)
-        .batch(g, drop_remainder=True)
-        # shuffle -> batch -> repeat: grain draws a new permutation per epoch.
-        .repeat(None if num_epochs is None else int(num_epochs))
-        .map_with_index(make_batch)
-    )
-    if read_options is None:
-        read_options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
-    return iter(batches.to_iter_dataset(read_options))
+    return make_batch_iterator(
+        len(ds), global_batch_size=g, seed=seed, make_batch=make_batch, num_epochs=num_epochs,
+        process_index=p, process_count=num_p, read_options=read_options)
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:

@@ -41,12 +41,13 @@ def test_round_trip_and_pruning(tmp_path):
 
 
 def test_resumable_keys_may_differ_but_others_may_not(tmp_path):
-    c = ckpt.Checkpointer(str(tmp_path), {"lr": 0.1, "num_epochs": 3})
+    resumable = ("num_epochs",)
+    c = ckpt.Checkpointer(str(tmp_path), {"lr": 0.1, "num_epochs": 3}, resumable=resumable)
     c.save(1, make_state())
     c.close()
-    longer = ckpt.Checkpointer(str(tmp_path), {"lr": 0.1, "num_epochs": 30})
+    longer = ckpt.Checkpointer(str(tmp_path), {"lr": 0.1, "num_epochs": 30}, resumable=resumable)
     longer.restore_latest(make_state())  # more epochs: fine
-    other = ckpt.Checkpointer(str(tmp_path), {"lr": 0.2, "num_epochs": 3})
+    other = ckpt.Checkpointer(str(tmp_path), {"lr": 0.2, "num_epochs": 3}, resumable=resumable)
     with pytest.raises(ckpt.CheckpointMismatchError, match="lr: checkpoint has 0.1, run has 0.2"):
         other.restore_latest(make_state())
 
@@ -73,7 +74,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
             raw[i] ^= 0xFF
         open(f, "wb").write(bytes(raw))
     with pytest.raises(ckpt.CheckpointCorruptError):
-        c.restore_latest(make_state())
+        c.restore(1, make_state())
 
 
 def test_load_raw_state_verifies_digest(tmp_path):
@@ -81,6 +82,6 @@ def test_load_raw_state_verifies_digest(tmp_path):
     state = make_state()
     c.save(5, state)
     c.close()
-    raw, config, step = ckpt.load_raw_state(str(tmp_path))
-    assert step == 5 and config["model"]["robust"]["name"] == "x"
+    raw, config, meta = ckpt.load_raw_state(str(tmp_path))
+    assert meta["step"] == 5 and config["model"]["robust"]["name"] == "x"
     np.testing.assert_array_equal(raw["params"]["w"], np.asarray(state.params["w"]))

@@ -90,8 +90,8 @@ def test_gradient_routing_through_the_real_step():
 
 
 def params_of(workdir):
-    state, _, step = ckpt_lib.load_raw_state(workdir)
-    return state, step
+    state, _, meta = ckpt_lib.load_raw_state(workdir)
+    return state, meta["step"]
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
