@@ -72,16 +72,16 @@ def setup(name: str) -> None:
     settings and the distributed runtime must precede the backend's start)."""
     if _CPU_DEVICES.value < 0:
         raise app.UsageError(f"--cpu_devices must be >= 0, got {_CPU_DEVICES.value}")
+    # Orbax, tfds and JAX's backend discovery log every file operation or
+    # missing plugin at INFO: keep the console for what the run does.
+    for noisy in ("absl", "orbax", "tensorflow_datasets", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     backend.configure_cpu(_CPU_DEVICES.value or None)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     main_process = jax.process_index() == 0
     absl_logging.set_verbosity(absl_logging.INFO if main_process else absl_logging.WARNING)
     logging.getLogger("advcore").setLevel(logging.INFO if main_process else logging.WARNING)
-    # Orbax, tfds and absl.io log every file operation at INFO: keep the
-    # console for what the run does.
-    for noisy in ("absl", "orbax", "tensorflow_datasets", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", cache_dir())
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -55,7 +55,13 @@ def howto(tfds_name: str, data_dir: str | None) -> str:
 
 
 def is_prepared(tfds_name: str, data_dir: str | None) -> bool:
-    """Whether `tfds_name` has generated files in `data_dir` (no network)."""
+    """Whether `tfds_name` has generated files in `data_dir` (no network).
+
+    A missing dataset folder answers False without asking tfds, whose builder
+    would warn about the missing folder on every offline run.
+    """
+    if not os.path.isdir(os.path.join(resolve_data_dir(data_dir), tfds_name.split("/")[0])):
+        return False
     try:
         tfds = _tfds()
         return bool(tfds.builder(tfds_name, data_dir=data_dir).is_prepared())

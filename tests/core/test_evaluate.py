@@ -2,13 +2,18 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advcore import evaluate, parallel
+from advcore import evaluation as evaluate
+from advcore import parallel
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def linear_apply(variables, x):
@@ -85,25 +90,28 @@ def test_cli_evaluates_a_training_run_and_transfer(tmp_path):
     config.final_eval = False
     train.train_and_evaluate(config, target)
 
-    evaluate.main(["--workdir", target, "--attacks", "fgsm,pgd5", "--n", "24",
-                   "--eps", "0.3", "--step_size", "0.05", "--batch_size", "8"])
+    evaluate.evaluate_run(target, attacks=["fgsm", "pgd5"], n=24, eps=0.3, step_size=0.05,
+                          batch_size=8, progress=False)
     with open(os.path.join(target, "eval_robust.json")) as f:
         payload = json.load(f)
-    row = payload["result"]
-    assert row["n"] == 24 and 0 <= row["pgd5"] <= row["clean"] <= 100
+    row = payload["accuracies"]
+    assert payload["n_examples"] == 24 and 0 <= row["pgd5"] <= row["clean"] <= 100
     assert row["worst_case"] <= min(row["fgsm"], row["pgd5"])
     assert os.path.exists(os.path.join(target, "eval_robust.md"))
 
-    evaluate.main(["--workdir", target, "--attacks", "pgd5", "--n", "24", "--eps", "0.3",
-                   "--transfer_from", source, "--batch_size", "8"])
+    evaluate.evaluate_run(target, attacks=["pgd5"], n=24, eps=0.3, transfer_from=source,
+                          batch_size=8, progress=False)
     with open(os.path.join(target, "eval_robust_transfer.json")) as f:
-        assert 0 <= json.load(f)["result"]["pgd5"] <= 100
+        assert 0 <= json.load(f)["accuracies"]["pgd5"] <= 100
 
     with pytest.raises(ValueError, match="model must be one of"):
         evaluate.load_evaluable(target, "natural")
 
 
-def test_cli_refuses_a_bad_cpu_device_count(capsys):
-    with pytest.raises(SystemExit):
-        evaluate.main(["--workdir", "unused", "--cpu_devices", "0"])
-    assert "--cpu_devices must be >= 1, got 0" in capsys.readouterr().err
+def test_cli_refuses_a_bad_cpu_device_count(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "advcore.evaluate", f"--workdir={tmp_path}", "--cpu_devices=-1"],
+        capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0
+    assert "--cpu_devices must be >= 0, got -1" in proc.stderr
+    assert "Traceback" not in proc.stderr

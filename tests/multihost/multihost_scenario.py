@@ -31,7 +31,7 @@ import numpy as np
 
 from advcore import checkpoint as ckpt_lib
 from advcore import data as data_lib
-from advcore import evaluate as eval_lib
+from advcore import evaluation as eval_lib
 from advcore import metrics as metrics_lib
 from advcore import parallel
 from configs.lbgat import mnist as mnist_config
@@ -179,7 +179,7 @@ def run_scenario(workdir: str, mesh) -> dict:
     test = data_lib.load_split(config.dataset.name, "test", source=config.dataset.source,
                                limit=NUM_EVAL)
     module = models.robust
-    variables = step_lib._variables(state.robust)
+    variables = state.robust.as_variables()
 
     def apply_fn(v, x):
         return module.apply(v, x, train=False)
