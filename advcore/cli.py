@@ -33,7 +33,7 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from advcore import backend, parallel
+from advcore import backend, config_files, parallel
 from advcore.checkpoint import CheckpointCorruptError, CheckpointMismatchError
 from advcore.data import DataIntegrityError, DatasetUnavailableError
 from advcore.train_loop import NonFiniteLossError, TrainingInterrupted
@@ -137,5 +137,14 @@ def report_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], No
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """``absl.app.run(main)`` with one-line user errors (module docstring)."""
+    """``absl.app.run(main)`` with one-line user errors (module docstring).
+
+    ``--config`` names are resolved first (``advcore.config_files``), so a
+    config can be named ``lbgat/mnist.py:smoke`` from any directory.
+    """
+    try:
+        sys.argv = config_files.resolve_argv(sys.argv)
+    except FileNotFoundError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
     app.run(report_errors(main))

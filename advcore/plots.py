@@ -77,9 +77,30 @@ def read_curves(workdir: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, float) for k, v in out.items()}
 
 
+def read_eval_curves(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{'<model>/<metric>': (steps, values)}`` of the ``eval/...`` records.
+
+    A run with ``eval_every_epochs`` set logs, at the end of those epochs, the
+    clean and robust accuracy (%) of each of its models as
+    ``eval/<model>/<metric>``; the final evaluation logs the same keys.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    series: dict[str, dict[int, float]] = {}
+    if not os.path.exists(path):
+        return {}
+    for rec in read_metrics(path):
+        for key, value in rec.items():
+            if key.startswith("eval/") and isinstance(value, (int, float)) \
+                    and not key.endswith(("/n", "/worst_case")):
+                series.setdefault(key[len("eval/"):], {})[int(rec["step"])] = float(value)
+    return {k: (np.asarray(sorted(v), float), np.asarray([v[s] for s in sorted(v)], float))
+            for k, v in series.items()}
+
+
 def plot_training_curves(workdirs: Mapping[str, str], path: str,
                          title: str = "", dpi: int = 100) -> str:
-    """Loss, adversarial train accuracy and LR vs step, one line per run.
+    """Loss, adversarial train accuracy and LR vs step, one line per run, plus
+    the evaluated clean and robust accuracies when the runs logged any.
 
     Args:
       workdirs: ``{label: workdir}``; runs without ``metrics.jsonl`` are skipped.
@@ -88,7 +109,9 @@ def plot_training_curves(workdirs: Mapping[str, str], path: str,
     if not workdirs:
         raise ValueError("workdirs must name at least one run, got none")
     _ensure_dir(path)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    evals = {label: read_eval_curves(wd) for label, wd in workdirs.items()}
+    has_eval = any(evals.values())
+    fig, axes = plt.subplots(1, 4 if has_eval else 3, figsize=(20 if has_eval else 15, 4.2))
     panels = (("loss", "training loss"), ("adv_acc", "train accuracy on x' (x for natural)"),
               ("lr", "learning rate"))
     for label, wd in workdirs.items():
@@ -102,6 +125,17 @@ def plot_training_curves(workdirs: Mapping[str, str], path: str,
             if np.all(np.isnan(y)):
                 continue
             ax.plot(c["step"], y, label=label, lw=1.2)
+    if has_eval:
+        ax = axes[3]
+        for label, series in evals.items():
+            for name, (steps, values) in sorted(series.items()):
+                style = "-" if name.endswith("/clean") else "--"
+                ax.plot(steps, values, style, marker="o", ms=3, lw=1.0,
+                        label=f"{label}: {name}")
+        ax.set_xlabel("step")
+        ax.set_title("evaluated accuracy (%): clean solid, attacks dashed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, frameon=False)
     for ax, (key, name) in zip(axes, panels):
         ax.set_xlabel("step")
         ax.set_title(name)

@@ -2,7 +2,7 @@
 
     python -m lbgat_jax.demo --workdir=runs/demo
 
-Trains both methods from ``configs/lbgat/mnist.py:demo`` (a 4k-example subset
+Trains both methods from ``lbgat/mnist.py:demo`` (a 4k-example subset
 of real MNIST, SmallCNN, ε = 0.3) and prints one clean / PGD-20 table. Each run
 resumes if interrupted. The numbers are indicative only: the paper-scale
 protocols are in experiments/RESULTS.md ("Full protocols on a GPU").
@@ -15,8 +15,7 @@ from typing import Sequence
 
 from absl import flags
 
-from advcore import cli, evaluation, files, tables
-from configs.lbgat import fashion_mnist, mnist
+from advcore import cli, config_files, evaluation, files, tables
 from lbgat_jax import train
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory of the two runs.")
@@ -32,12 +31,10 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {list(argv[1:])}")
     cli.setup("lbgat_jax.demo")
-    config_module = mnist if _DATASET.value == "mnist" else fashion_mnist
     rows = {}
     threat = None
     for label, variant in RUNS:
-        config = config_module.get_config(variant)
-        config.lock()
+        config = config_files.get_config(f"lbgat/{_DATASET.value}.py:{variant}")
         workdir = os.path.join(_WORKDIR.value, variant.replace(",", "_"))
         result = train.train_and_evaluate(config, workdir)
         for name, row in result["eval"].items():

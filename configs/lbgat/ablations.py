@@ -5,7 +5,7 @@
 Table 1 columns as override dicts for ``python -m lbgat_jax.main --sweep``.
 """
 
-from configs.lbgat import common
+from lbgat_jax import config_presets as common
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ The default is LBGAT+TRADES (α = 0), the Table 1 "w/o CE" column. Examples::
     --config=configs/lbgat/cifar10.py:trades,alpha1
 """
 
-from configs.lbgat import common
+from lbgat_jax import config_presets as common
 
 
 def get_config(arg=None):

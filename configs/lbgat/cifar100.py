@@ -8,7 +8,7 @@ The default is the released LBGAT+TRADES (α = 0) model. Examples::
     --config=configs/lbgat/cifar100.py:trades,alpha6        # TRADES baseline
 """
 
-from configs.lbgat import common
+from lbgat_jax import config_presets as common
 
 
 def get_config(arg=None):

@@ -44,7 +44,12 @@ def test_training_curves_png(tmp_path):
     out = plots.plot_training_curves({"TRADES": a, "natural": b,
                                       "missing": str(tmp_path / "none")},
                                      str(tmp_path / "fig" / "curves.png"), dpi=100)
-    assert _close(_png_size(out), (1500, 420))  # figsize (15, 4.2) at 100 dpi
+    # A fourth panel for the evaluated accuracies: figsize (20, 4.2) at 100 dpi.
+    assert _close(_png_size(out), (2000, 420))
+    assert plots.read_eval_curves(a) == {"x (robust)/clean": pytest.approx(([120.0], [97.0]))}
+    out = plots.plot_training_curves({"natural": b}, str(tmp_path / "fig" / "plain.png"),
+                                     dpi=100)
+    assert _close(_png_size(out), (1500, 420))  # no evaluation logged: three panels
 
 
 def test_tradeoff_png(tmp_path):
