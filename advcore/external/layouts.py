@@ -32,7 +32,9 @@ or misshaped tensor is refused with its name (and both shapes). The only
 tensors that may be left over are ``num_batches_tracked`` of a BatchNorm the
 model has, and for the WRN the unused ``sub_block1`` that TRADES and LBGAT
 build and save (loaded into the model only with
-``include_unused_sub_block=True``).
+``include_unused_sub_block=True``). RobustBench's ``mu``/``sigma``
+normalisation buffers are taken out before, by ``pop_normalization_buffers``,
+and become the model's input normalisation.
 """
 
 from __future__ import annotations
