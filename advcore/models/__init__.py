@@ -26,7 +26,10 @@ Registry names and the keyword arguments each accepts (besides ``num_classes``):
                     dtype; num_classes 1 (single logit) or 2 ([0, z] view)
 ==================  =========================================================
 
-Native input sizes: 32x32x3 (wrn, resnets, vgg8_svhn), 28x28x1 (small_cnn,
+``preact_resnet18`` takes base_width (64), final_bn (True), preact_shortcut (True)
+and dtype: PreActResNet-18 (RobustBench, Rice et al.), strides 1,2,2,2, pool 4.
+
+Native input sizes: 32x32x3 (wrn, resnets, preact_resnet18, vgg8_svhn), 28x28x1 (small_cnn,
 lenet), 128x128x3 (vgg11bn_celeba).
 
 ``dtype`` is the compute dtype ('float32' default, 'bfloat16', 'float16'; a
@@ -46,6 +49,7 @@ import numpy as np
 from advcore import backend
 from advcore.models import layers
 from advcore.models.lenet import LeNet
+from advcore.models.preact_resnet import PreActResNet18
 from advcore.models.resnet import ResNet18
 from advcore.models.small_cnn import SmallCNN
 from advcore.models.vgg import VGG8SVHN, VGG11BNCelebA
@@ -55,6 +59,7 @@ __all__ = [
     "MODEL_NAMES",
     "NATIVE_INPUT_SHAPES",
     "LeNet",
+    "PreActResNet18",
     "ResNet18",
     "SmallCNN",
     "VGG11BNCelebA",
@@ -98,6 +103,9 @@ _REGISTRY: dict[str, _Entry] = {
     "cifar_resnet18": _Entry(
         ResNet18, {"strides": (1, 2, 2, 2), "pool_size": 4}, ("base_width", "dtype")
     ),
+    "preact_resnet18": _Entry(
+        PreActResNet18, {}, ("base_width", "final_bn", "preact_shortcut", "dtype")
+    ),
     "small_cnn": _Entry(SmallCNN, {}, ("channels", "hidden_dim", "dropout_rate", "dtype")),
     "lenet": _Entry(LeNet, {}, ("normalize", "dtype")),
     "vgg8_svhn": _Entry(VGG8SVHN, {}, ("dropout_rate", "width_multiplier", "dtype")),
@@ -113,6 +121,7 @@ NATIVE_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "resnet18_lbgat": (32, 32, 3),
     "resnet18": (32, 32, 3),
     "cifar_resnet18": (32, 32, 3),
+    "preact_resnet18": (32, 32, 3),
     "small_cnn": (28, 28, 1),
     "lenet": (28, 28, 1),
     "vgg8_svhn": (32, 32, 3),
