@@ -227,35 +227,67 @@ def evaluate_run(
     Writes ``eval_<model>[_transfer].{md,json}`` in ``out_dir`` (default:
     ``workdir``) and returns the JSON payload.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
     apply_fn, variables, spec = load_evaluable(workdir, model)
     model = model or spec["default_model"]
     tm = resolve_threat_model(spec, attacks=attacks, eps=eps, norm=norm, step_size=step_size)
     dataset = spec["dataset"]
-    split = split or dataset.get("test_split", "test")
-    test = load_split(dataset["name"], split, source=dataset.get("source", "auto"),
-                      data_dir=dataset.get("data_dir") or None, limit=n)
-    attack_fns = build_attacks(tm["attacks"], eps=tm["eps"], step_size=tm["step_size"])
     transfer = None
     if transfer_from:
-        src_apply, src_vars, src_spec = load_evaluable(transfer_from)
-        transfer = (src_apply, src_vars)
+        src_apply, src_vars, _ = load_evaluable(transfer_from)
+        transfer = (src_apply, src_vars, transfer_from)
+    suffix = "_transfer" if transfer else ""
+    return evaluate_model(
+        apply_fn, variables, label=f"{spec.get('method', 'model')} ({model})",
+        dataset=dataset, split=split or dataset.get("test_split", "test"), n=n,
+        threat_model=tm, batch_size=batch_size, seed=seed, transfer=transfer,
+        progress=progress, out_prefix=os.path.join(out_dir or workdir, f"eval_{model}{suffix}"))
+
+
+def evaluate_model(
+    apply_fn: LogitsApply,
+    variables: dict,
+    *,
+    label: str,
+    dataset: Mapping[str, Any],
+    split: str,
+    n: int,
+    threat_model: Mapping[str, Any],
+    batch_size: int = 200,
+    seed: int = 0,
+    transfer: Optional[tuple] = None,
+    progress: bool = True,
+    out_prefix: Optional[str] = None,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> dict:
+    """Evaluates one model on ``dataset`` at ``threat_model`` and writes the result.
+
+    ``threat_model`` is ``{"norm", "eps", "attacks", "step_size"}``;
+    ``transfer`` is ``(source_apply_fn, source_variables, source_name)`` for a
+    black-box evaluation; ``extra`` is stored in the JSON (e.g. the model spec
+    of an external checkpoint). Returns the JSON payload.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    test = load_split(dataset["name"], split, source=dataset.get("source", "auto"),
+                      data_dir=dataset.get("data_dir") or None, limit=n)
+    if len(test.labels) < n:
+        print(f"note: the {dataset['name']} {split} split has {len(test.labels)} examples, "
+              f"fewer than n={n}; evaluating all of them")
+    attack_fns = build_attacks(threat_model["attacks"], eps=threat_model["eps"],
+                               step_size=threat_model.get("step_size"))
     start = time.time()
     result = evaluate_classifier(
         apply_fn, variables, test.images, test.labels, attack_fns, batch_size=batch_size,
-        key=jax.random.PRNGKey(seed), progress=progress, transfer_source=transfer)
-    seconds = time.time() - start
-    if len(test.labels) < n:
-        print(f"note: the {dataset['name']} {split} split has {len(test.labels)} examples, "
-              f"fewer than n={n}; evaluated all of them")
-    threat = threat_model_record(dataset["name"], split, tm["norm"], tm["eps"], attack_fns,
-                                 n=result["n"], seed=seed,
-                                 transfer_source=transfer_from or None)
-    label = f"{spec.get('method', 'model')} ({model})"
-    payload = result_payload(label, result, threat, seconds=seconds)
-    suffix = "_transfer" if transfer else ""
-    write_result(os.path.join(out_dir or workdir, f"eval_{model}{suffix}"), payload)
+        key=jax.random.PRNGKey(seed), progress=progress,
+        transfer_source=None if transfer is None else transfer[:2])
+    threat = threat_model_record(dataset["name"], split, threat_model["norm"],
+                                 threat_model["eps"], attack_fns, n=result["n"], seed=seed,
+                                 transfer_source=None if transfer is None else transfer[2])
+    payload = result_payload(label, result, threat, seconds=time.time() - start)
+    if extra:
+        payload.update(extra)
+    if out_prefix:
+        write_result(out_prefix, payload)
     return payload
 
 

@@ -32,10 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advcore import checkpoint, run_spec
 from advcore.external import layouts
 from advcore.external.errors import ExternalCheckpointError
 from advcore.external.safetensors import read_safetensors, sniff_safetensors
 from advcore.external.torch_pickle import read_torch_file, sniff_torch_format
+from advcore.models import MODEL_NAMES, NATIVE_INPUT_SHAPES, build_model, init_variables
 
 FORMATS: tuple[str, ...] = ("auto", "torch_zip", "torch_legacy", "safetensors", "orbax")
 ORBAX_MODELS = ("robust", "natural")
@@ -138,7 +140,6 @@ def file_sha256(path: str) -> str:
 
 
 def _variable_shapes(model: Any, arch: str) -> Any:
-    from advcore.models import NATIVE_INPUT_SHAPES, init_variables
 
     shape = (1, *NATIVE_INPUT_SHAPES[arch])
     return jax.eval_shape(lambda key: init_variables(model, key, shape), jax.random.key(0))
@@ -169,40 +170,31 @@ def _check_tree(variables: Mapping, shapes: Mapping, source: str) -> None:
 
 def _load_orbax(path: str, arch: str, num_classes: int, kwargs: Optional[dict],
                 which: str) -> tuple[Any, dict, dict, dict]:
-    from advcore import checkpoint
-    from advcore.data import get_dataset_info
-    from advcore.models import build_model
-
     workdir = _orbax_workdir(path)
-    state, config, step = checkpoint.load_raw_state(workdir)
-    if not state.get(which):
-        raise ValueError(f"which must name a model this run has "
-                         f"({[k for k in ORBAX_MODELS if state.get(k)]}), got {which!r}")
-    run_model = config["model"][which]
-    if run_model["name"] != arch:
-        raise ValueError(f"arch must be the run's model {run_model['name']!r}, got {arch!r}")
-    run_classes = get_dataset_info(config["dataset"]["name"]).num_classes
-    if num_classes != run_classes:
-        raise ValueError(
-            f"num_classes must be {run_classes} for this {config['dataset']['name']} run, "
-            f"got {num_classes}")
-    merged = dict(run_model.get("kwargs", {}))
-    if config.get("shared_conv_separate_bn") and which == "robust":
-        merged["num_bn_sets"] = 2  # Evaluated with BN set 0, the robust model's.
-    merged.update(kwargs or {})
+    state, _, meta = checkpoint.load_raw_state(workdir)
+    spec = meta.get("run_spec") or {}
+    models = spec.get("models", {})
+    if which not in models:
+        raise ValueError(f"which must name a model this run has ({sorted(models)}), "
+                         f"got {which!r}")
+    run_model = models[which]
+    if run_model["arch"] != arch:
+        raise ValueError(f"arch must be the run's model {run_model['arch']!r}, got {arch!r}")
+    if num_classes != run_model["num_classes"]:
+        raise ValueError(f"num_classes must be {run_model['num_classes']} for this run, "
+                         f"got {num_classes}")
+    merged = {**run_model.get("kwargs", {}), **(kwargs or {})}
     model = build_model(arch, num_classes, **merged)
-    variables = {"params": state[which]["params"]}
-    if state[which].get("batch_stats"):
-        variables["batch_stats"] = state[which]["batch_stats"]
+    variables = run_spec.variables_from_state(run_model, state)
+    variables = jax.tree.map(np.asarray, variables)
     _check_tree(variables, _variable_shapes(model, arch), f"{workdir} ({which} model)")
-    source = {"path": workdir, "format": "orbax", "step": int(step), "model": which,
-              "sha256": checkpoint.tree_digest(variables)}
+    source = {"path": workdir, "format": "orbax", "step": int(meta["step"]), "model": which,
+              "sha256": meta["digest"]}
     return model, variables, merged, source
 
 
 def _load_tensor_file(path: str, fmt: str, arch: str, num_classes: int,
                       kwargs: dict) -> tuple[Any, dict, Optional[dict], dict]:
-    from advcore.models import NATIVE_INPUT_SHAPES, build_model
 
     if arch not in layouts.SUPPORTED_ARCHS:
         raise ValueError(f"arch {arch!r} cannot be loaded from a {fmt} file; valid archs: "
@@ -263,7 +255,6 @@ def load_external_model(
         truncated, or does not fit the model (the tensor is named).
       FileNotFoundError: ``path`` does not exist.
     """
-    from advcore.models import MODEL_NAMES, NATIVE_INPUT_SHAPES
 
     if arch not in MODEL_NAMES:
         raise ValueError(f"arch must be one of {', '.join(MODEL_NAMES)}, got {arch!r}")

@@ -653,7 +653,7 @@ def test_preact_resnet18_parameter_counts():
 
 
 def test_orbax_run_loads_through_the_same_entry_point(tmp_path):
-    from advcore import checkpoint
+    from advcore import checkpoint, run_spec
 
     model = build_model("small_cnn", 10, **SMALL)
     variables = jax.tree.map(np.asarray, dict(jax.jit(
@@ -661,7 +661,12 @@ def test_orbax_run_loads_through_the_same_entry_point(tmp_path):
     )(jax.random.key(3))))
     config = {"model": {"robust": {"name": "small_cnn", "kwargs": SMALL}},
               "dataset": {"name": "mnist"}, "method": "trades"}
-    saver = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), config)
+    spec = run_spec.run_spec(
+        method="trades", dataset={"name": "mnist"}, default_model="robust",
+        models={"robust": run_spec.model_spec("small_cnn", 10, kwargs=SMALL)},
+        threat_model={"norm": "linf", "eps": 0.3, "attacks": ["pgd40"]})
+    saver = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), config,
+                                    run_spec=spec)
     saver.save(7, {"robust": variables})
     saver.close()
     for path in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
@@ -669,7 +674,7 @@ def test_orbax_run_loads_through_the_same_entry_point(tmp_path):
         assert_same_variables(loaded.variables, variables)
         source = loaded.spec["source"]
         assert source["format"] == "orbax" and source["step"] == 7
-        assert source["sha256"] == checkpoint.tree_digest(variables)
+        assert source["sha256"] == checkpoint.load_raw_state(str(tmp_path / "run"))[2]["digest"]
         assert loaded.spec["kwargs"] == {"channels": [2, 2, 4, 4], "hidden_dim": 6}
     with pytest.raises(ValueError, match="arch must be the run's model 'small_cnn'"):
         load_external_model("lenet", str(tmp_path / "run"), 10)
