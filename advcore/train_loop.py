@@ -146,11 +146,13 @@ def run(
             state, meta = restored
             batches.set_state(meta["data_iterator"])
             start_step = int(meta["step"])
-            if writer is not None:
-                writer.truncate_after(start_step)
             if parallel.is_main_process():
                 log.info("%s: resumed from step %d (%s)", desc, start_step,
                          checkpointer.directory)
+    if writer is not None:
+        # Records a killed run logged after the step we resume from (or all of
+        # them, when no checkpoint survived) are logged again below.
+        writer.truncate_after(start_step)
     checkpoint_every = checkpoint_every_steps or steps_per_epoch
     stop_at = total_steps
     if stop_after_steps:
