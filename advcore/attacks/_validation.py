@@ -197,7 +197,7 @@ def check_input_range(x: Any, bounds: Tuple[float, float] = (0.0, 1.0), *,
     if not (x_min >= float(lo) and x_max <= float(hi)):
         raise ValueError(
             f"{name} must lie in bounds [{_fmt(float(lo))}, {_fmt(float(hi))}] (attacks work in "
-            f"pixel space and never clip their input), got min {x_min:.6g}, max {x_max:.6g}. "
+            f"pixel space and never clip their input), got min {x_min:.7g}, max {x_max:.7g}. "
             "A model that expects normalised inputs must be wrapped with "
             "advcore.attacks.normalized_logits_fn(logits_fn, mean, std) and fed pixels")
 

@@ -16,22 +16,63 @@ of 0.029, not the 0.003 that suits eps 0.031. ``{K}`` entries are families:
 name (``pgd20``) takes precedence over its family. eps is in input units
 ([0, 1] pixels, 0.031 = TRADES / LBGAT's CIFAR radius, not 8/255).
 
-The table (``markdown_table()`` renders it; a test keeps this copy exact):
+The table (``text_table()`` renders it, ``markdown_table()`` as Markdown; a test
+keeps this copy exact). K is ``num_steps``::
 
-| name | function | defaults | step rule | source setting |
-|---|---|---|---|---|
-| `fgsm` | `fgsm` | eps=0.031, loss='ce' | none (one step of eps) | FGSM (Goodfellow et al. 2015); LBGAT's white-box FGSM, eps 0.031 |
-| `pgd20` | `pgd` | eps=0.031, num_steps=20, norm='linf', random_start='uniform', loss='ce' | step = 0.003 · eps / 0.031 | TRADES / LBGAT CIFAR evaluation: PGD-20, eps 0.031, step 0.003 |
-| `pgd40` | `pgd` | eps=0.031, num_steps=40, norm='linf', random_start='uniform', loss='ce' | step = 0.01 · eps / 0.3 | TRADES MNIST evaluation: PGD-40, eps 0.3, step 0.01 |
-| `pgd{K}` | `pgd` | eps=0.031, num_steps=K, norm='linf', random_start='uniform', loss='ce' | step = 2.5 · eps / K | Madry et al. 2018's rule: K steps cover 2.5 eps |
-| `pgd{K}_l2` | `pgd` | eps=0.5, num_steps=K, norm='l2', random_start='uniform', loss='ce' | step = 2.5 · eps / K | Madry et al. 2018's rule (L2): K steps cover 2.5 eps |
-| `cw20` | `pgd` | eps=0.031, num_steps=20, norm='linf', random_start='uniform', loss='cw', kappa=0.0 | step = 0.003 · eps / 0.031 | LBGAT CIFAR evaluation: CW-20, PGD-20's loop on the CW margin loss |
-| `cw{K}` | `pgd` | eps=0.031, num_steps=K, norm='linf', random_start='uniform', loss='cw', kappa=0.0 | step = 2.5 · eps / K | PGD-K on the CW margin loss, Madry et al. 2018's rule |
-| `mifgsm` | `mi_fgsm` | eps=0.031, num_steps=10, decay=1.0 | step = eps / K | MI-FGSM (Dong et al. 2018): 10 steps of eps / 10, decay 1 |
-| `cw_l2` | `cw_l2` | targeted=False | none (no eps; num_steps sets max_iterations) | Carlini & Wagner 2017, cleverhans v3 defaults: lr 5e-3, 5 search steps, 1000 iterations, c0 1e-2 |
-| `jsma` | `jsma` | theta=1.0, gamma=1.0 | none (no eps; num_steps sets max_iters) | JSMA (Papernot et al. 2016), cleverhans v3: targeted, random targets |
-| `aa_standard`, `aa_plus`, `aa_rand` | `make_autoattack(name)` | eps=0.031, norm='linf' and the version's settings | none (step-size free; num_steps sets num_iters) | AutoAttack (Croce & Hein 2020), fra31/auto-attack versions |
-| `apgd_ce`, `apgd_dlr`, `apgd_t`, `fab`, `fab_t`, `square` | `make_autoattack(name)` | eps=0.031, norm='linf' | none (step-size free; num_steps sets num_iters, n_queries for square) | AutoAttack's single stages (Croce & Hein 2020) |
+    name         function         defaults / step rule / source setting
+    -----------  ---------------  -----------------------------------------------------------------
+    fgsm         fgsm             defaults  eps=0.031, loss='ce'
+                                  step      none (one step of eps)
+                                  source    FGSM (Goodfellow et al. 2015); LBGAT's white-box FGSM,
+                                            eps 0.031
+    pgd20        pgd              defaults  eps=0.031, num_steps=20, norm='linf',
+                                            random_start='uniform', loss='ce'
+                                  step      0.003 * eps / 0.031
+                                  source    TRADES / LBGAT CIFAR evaluation: PGD-20, eps 0.031,
+                                            step 0.003
+    pgd40        pgd              defaults  eps=0.031, num_steps=40, norm='linf',
+                                            random_start='uniform', loss='ce'
+                                  step      0.01 * eps / 0.3
+                                  source    TRADES MNIST evaluation: PGD-40, eps 0.3, step 0.01
+    pgd{K}       pgd              defaults  eps=0.031, num_steps=K, norm='linf',
+                                            random_start='uniform', loss='ce'
+                                  step      2.5 * eps / K
+                                  source    Madry et al. 2018's rule: K steps cover 2.5 eps
+    pgd{K}_l2    pgd              defaults  eps=0.5, num_steps=K, norm='l2',
+                                            random_start='uniform', loss='ce'
+                                  step      2.5 * eps / K
+                                  source    Madry et al. 2018's rule (L2): K steps cover 2.5 eps
+    cw20         pgd              defaults  eps=0.031, num_steps=20, norm='linf',
+                                            random_start='uniform', loss='cw', kappa=0.0
+                                  step      0.003 * eps / 0.031
+                                  source    LBGAT CIFAR evaluation: CW-20, PGD-20's loop on the CW
+                                            margin loss
+    cw{K}        pgd              defaults  eps=0.031, num_steps=K, norm='linf',
+                                            random_start='uniform', loss='cw', kappa=0.0
+                                  step      2.5 * eps / K
+                                  source    PGD-K on the CW margin loss, Madry et al. 2018's rule
+    mifgsm       mi_fgsm          defaults  eps=0.031, num_steps=10, decay=1.0
+                                  step      eps / K
+                                  source    MI-FGSM (Dong et al. 2018): 10 steps of eps / 10, decay
+                                            1
+    cw_l2        cw_l2            defaults  targeted=False
+                                  step      none (no eps; num_steps sets max_iterations)
+                                  source    Carlini & Wagner 2017, cleverhans v3 defaults: lr 5e-3,
+                                            5 search steps, 1000 iterations, c0 1e-2
+    jsma         jsma             defaults  theta=1.0, gamma=1.0
+                                  step      none (no eps; num_steps sets max_iters)
+                                  source    JSMA (Papernot et al. 2016), cleverhans v3: targeted,
+                                            random targets
+    aa_standard  make_autoattack  defaults  eps=0.031, norm='linf' and the version's settings
+    aa_plus                       step      none (step-size free; num_steps sets num_iters)
+    aa_rand                       source    AutoAttack (Croce & Hein 2020), fra31/auto-attack
+                                            versions
+    apgd_ce      make_autoattack  defaults  eps=0.031, norm='linf'
+    apgd_dlr                      step      none (step-size free; num_steps sets num_iters,
+    apgd_t                                  n_queries for square)
+    fab                           source    AutoAttack's single stages (Croce & Hein 2020)
+    fab_t
+    square
 
 Overrides: any keyword of the underlying function (``kappa``, ``loss``,
 ``restarts``, ``max_iterations``, ``bounds``, ...). An explicit ``step_size``
@@ -62,6 +103,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import textwrap
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 import jax
@@ -104,7 +146,7 @@ class RatioStep:
         return self.ref_step * (eps / self.ref_eps)
 
     def __str__(self) -> str:
-        return f"step = {self.ref_step:g} · eps / {self.ref_eps:g}"
+        return f"{self.ref_step:g} * eps / {self.ref_eps:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +159,7 @@ class PathStep:
         return self.path * eps / num_steps
 
     def __str__(self) -> str:
-        return "step = eps / K" if self.path == 1 else f"step = {self.path:g} · eps / K"
+        return "eps / K" if self.path == 1 else f"{self.path:g} * eps / K"
 
 
 StepRule = Union[RatioStep, PathStep]
@@ -255,8 +297,30 @@ def table_rows() -> list[tuple[str, str, str, str, str]]:
     return [(names, f"`{fn}`", d, r, s) for names, fn, d, r, s in rows]
 
 
+def text_table(width: int = 95) -> str:
+    """The table as wrapped plain text (the module docstring quotes it)."""
+    name_w, fn_w, label_w = 13, 17, 10
+    text_w = width - name_w - fn_w - label_w
+    rule = "-" * (name_w - 2)
+    lines = [f"{'name':<{name_w}}{'function':<{fn_w}}defaults / step rule / source setting",
+             f"{rule:<{name_w}}{'-' * (fn_w - 2):<{fn_w}}{'-' * (label_w + text_w)}"]
+    for names, fn, defaults, step, source in table_rows():
+        name_lines = [n.strip(" `") for n in names.split(",")]
+        body = []
+        for label, text in (("defaults", defaults), ("step", step), ("source", source)):
+            wrapped = textwrap.wrap(text, text_w) or [""]
+            body += [f"{label:<{label_w}}{wrapped[0]}"] + [" " * label_w + w for w in wrapped[1:]]
+        fn_text = fn.strip("`").replace("(name)", "")
+        for i in range(max(len(name_lines), len(body))):
+            left = name_lines[i] if i < len(name_lines) else ""
+            mid = fn_text if i == 0 else ""
+            right = body[i] if i < len(body) else ""
+            lines.append(f"{left:<{name_w}}{mid:<{fn_w}}{right}".rstrip())
+    return "\n".join(lines)
+
+
 def markdown_table() -> str:
-    """The table as Markdown (the module docstring and the README quote it)."""
+    """The table as Markdown (for the README)."""
     lines = ["| name | function | defaults | step rule | source setting |",
              "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows()]
