@@ -35,6 +35,8 @@ def _concrete(value: Any) -> Optional[float]:
     """``float(value)`` if it is a concrete scalar, ``None`` if traced."""
     if is_traced(value):
         return None
+    if isinstance(value, (str, bytes)):  # float("0.1") would pass: a config typo
+        raise ValueError(f"expected a real number, got {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -473,6 +473,10 @@ def _resolve_params(name: str, entry: Preset, k: Optional[int], overrides: dict)
     return params
 
 
+# Beyond any real input (a 1024 x 1024 x 3 image has ~2**22 features).
+_MAX_FEATURES = 2**40
+
+
 def _dry_run(attack: Attack) -> None:
     """Traces the attack on a tiny model (no FLOPs: ``eval_shape``) so that
     every argument the function checks fails now, not mid-evaluation.
@@ -485,7 +489,12 @@ def _dry_run(attack: Attack) -> None:
     eps, norm = attack.params.get("eps"), attack.params.get("norm", "linf")
     lo, hi = attack.params.get("bounds", (0.0, 1.0))
     if norm == "l2" and isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0:
-        features = max(features, min(math.ceil((eps / (hi - lo)) ** 2), 2**40))
+        features = max(features, math.ceil((eps / (hi - lo)) ** 2))
+        if features > _MAX_FEATURES:
+            raise ValueError(
+                f"eps must be in [0, {(hi - lo) * math.sqrt(_MAX_FEATURES):g}] for norm 'l2' "
+                f"(the diameter of an input with 2**40 features in bounds [{lo:g}, {hi:g}]), "
+                f"got {eps!r}")
 
     def logits_fn(x):
         s = jnp.sum(x.reshape(x.shape[0], -1), axis=-1, keepdims=True)

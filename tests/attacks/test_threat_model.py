@@ -39,6 +39,9 @@ Y = np.zeros(2, np.int32)
     ("cw20", {"eps": 8}, "got 8"),
     ("pgd10_l2", {"eps": -1.0}, "eps must be a finite number >= 0 (norm 'l2'), got -1.0"),
     ("pgd10_l2", {"eps": float("inf")}, "eps must be a finite number >= 0 (norm 'l2'), got inf"),
+    ("pgd10_l2", {"eps": 1e7}, "eps must be in [0, 1.04858e+06] for norm 'l2' (the diameter "
+                               "of an input with 2**40 features in bounds [0, 1]), got 10000000.0"),
+    ("pgd20", {"eps": "0.1"}, "eps must be a finite number >= 0, got '0.1'"),
     ("aa_standard", {"eps": 8}, "eps must be in [0, 1] for norm 'linf'"),
     # eps is dropped by CW-L2 / JSMA, but a NaN is still nonsense.
     ("cw_l2", {"eps": float("nan")}, "eps must be a finite number >= 0, got nan"),
