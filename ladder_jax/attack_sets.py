@@ -6,7 +6,7 @@
 * ``split='test'``: the black-box evaluation sets scored on every model.
 
 Sets are written with ``advcore.attacks.save_attack_set`` (uint8, rounded);
-targeted attacks (``ladder_cw``, ``ladder_jsma``) draw random targets with
+targeted attacks (CW-L2 with ``targeted=True``, JSMA) draw random targets with
 ``random_targets(key, y, K)`` from the batch key handed to the attack, so the
 targets are recomputed here and stored alongside.
 """
@@ -26,8 +26,6 @@ from advcore import attacks
 from advcore.attacks.targets import random_targets
 from ladder_jax import losses
 from ladder_jax.context import Context
-
-TARGETED = {"ladder_cw", "ladder_jsma", "jsma"}
 
 
 def attack_set_dir(ctx: Context, split: str, key_name: str) -> str:
@@ -82,7 +80,7 @@ def craft_attack_set(ctx: Context, key_name: str, images: np.ndarray, labels: np
         x_adv, pred = run(ctx.vanilla, jnp.asarray(x), jnp.asarray(y), key)
         outs.append(np.asarray(x_adv)[:n])
         preds.append(np.asarray(pred)[:n])
-        if cfg.name in TARGETED:
+        if attack.draws_random_targets:
             targets.append(np.asarray(random_targets(key, jnp.asarray(y), num_classes))[:n])
     x_adv = np.concatenate(outs)
     pred = np.concatenate(preds)

@@ -68,19 +68,25 @@ def cw_l2(
 
     Args:
       logits_fn: ``(B, ...) -> (B, K)`` logits (eval mode).
-      x: clean inputs in ``bounds``; y: true labels ``(B,)`` (needed untargeted;
-        for targeted attacks only used to draw random targets).
+      x: clean inputs in ``bounds``; a concrete ``x`` outside raises
+        ``ValueError``. A traced ``x`` (under ``jit``) cannot be checked and is
+        clipped into the box before the change of variables (``atanh`` needs
+        it), so jitting callers run ``check_input_range`` on each batch first.
+      y: true labels ``(B,)`` (needed untargeted; for targeted attacks only
+        used to draw random targets).
       key: only used to draw random targets when ``targeted`` and ``target``
         is None (``random_targets(key, y, K)``).
       targeted: reach ``target`` instead of leaving ``y``.
       target: int target labels ``(B,)``.
-      confidence: kappa, the required logit margin (0).
-      learning_rate: Adam step size (5e-3).
+      confidence: kappa, the required logit margin (finite, >= 0; 0).
+      learning_rate: Adam step size (finite, > 0; 5e-3).
       binary_search_steps: outer steps over ``c`` (5).
       max_iterations: Adam iterations per outer step (1000; tests use few).
-      initial_const: starting ``c`` (1e-2).
+      initial_const: starting ``c`` (finite, > 0; 1e-2).
       abort_early: stop an inner loop that stops improving (True).
-      bounds: the input box (0, 1).
+      bounds: the input box, finite with ``lo < hi`` (0, 1).
+
+    CW-L2 has no ``eps``: it minimises the distance instead of bounding it.
 
     Returns:
       ``stop_gradient`` of the smallest-L2 successful adversarial per example
@@ -94,6 +100,7 @@ def cw_l2(
     V.check_number("initial_const", initial_const, min_value=0.0, strict=True)
     if not isinstance(targeted, bool):
         raise ValueError(f"targeted must be a bool, got {targeted!r}")
+    V.check_input_range(x, bounds)
     x = jnp.asarray(x)
     if targeted:
         if target is None:

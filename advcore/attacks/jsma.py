@@ -58,12 +58,15 @@ def jsma(
 
     Args:
       logits_fn: ``(B, ...) -> (B, K)`` logits (eval mode).
-      x: clean inputs ``(B, ...)`` in ``bounds``.
+      x: clean inputs ``(B, ...)`` in ``bounds``; a concrete ``x`` outside
+        raises ``ValueError`` (a traced one cannot be checked: jitting callers
+        run ``check_input_range`` on each batch first).
       y: true labels ``(B,)``; only used to draw random targets.
       key: draws the random targets when ``target`` is None
         (``random_targets(key, y, K)``: uniform over the classes != y).
       target: int target labels ``(B,)``.
-      theta: perturbation per changed feature (1.0; > 0 increases features).
+      theta: perturbation per changed feature (finite, non-zero; 1.0; > 0
+        increases features).
       gamma: maximum fraction of features changed, in (0, 1] (1.0).
       max_iters: cap on pair iterations; default and maximum
         ``floor(gamma * N / 2)``.
@@ -74,9 +77,10 @@ def jsma(
     """
     lo, hi = V.check_bounds(bounds)
     V.check_number("theta", theta)
-    if isinstance(theta, (int, float)) and theta == 0:
-        raise ValueError("theta must be non-zero, got 0")
+    if not V.is_traced(theta) and float(theta) == 0:
+        raise ValueError(f"theta must be a finite non-zero number, got {theta!r}")
     V.check_number("gamma", gamma, min_value=0.0, strict=True, max_value=1.0)
+    V.check_input_range(x, bounds)
     x = jnp.asarray(x)
     if x.ndim < 1:
         raise ValueError(f"x must have a leading batch axis, got shape {x.shape}")

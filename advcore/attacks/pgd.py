@@ -8,6 +8,14 @@ iterations in ``lax.fori_loop`` and return ``jax.lax.stop_gradient(x_adv)``.
 Hyper-parameters are Python values (static under ``jit``); they are validated
 with ``ValueError`` when concrete and passed through untouched when traced.
 
+Threat-model safety: ``eps`` must be a finite number in ``[0, D]`` with ``D``
+the diameter of the input box (``hi - lo`` for L-inf, ``(hi - lo) * sqrt(d)``
+for L2, ``d`` = features per example), so ``eps=8`` meant as 8/255 fails
+instead of saturating every pixel. A concrete ``x`` outside ``bounds`` is
+refused (``ValueError``), never clipped; a traced ``x`` (under ``jit`` /
+``vmap``) cannot be inspected, so jitting callers check each batch with
+``advcore.attacks.check_input_range`` first.
+
 References:
   * FGSM: Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
     Examples", ICLR 2015.
@@ -128,12 +136,20 @@ def _keep_better(best, cand):
     return x_new, jnp.where(take, obj_c, obj_b), ok_b | ok_c
 
 
-def _validate(*, eps, step_size, num_steps, norm, loss, random_start, init_std, kappa,
+def _validate(*, x, eps, step_size, num_steps, norm, loss, random_start, init_std, kappa,
               restarts, bounds, unroll, targeted, target):
-    V.check_number("eps", eps, min_value=0.0)
+    """Checks every argument; returns ``(lo, hi)``.
+
+    ``eps`` must lie in ``[0, diameter of the input box]`` (``hi - lo`` for
+    L-inf, ``(hi - lo) * sqrt(d)`` for L2 with ``d`` features per example,
+    known from ``x``'s static shape even under ``jit``), and a concrete ``x``
+    must lie in ``bounds``: it is refused, never clipped.
+    """
+    V.check_choice("norm", norm, norms.NORMS)
+    bounds = V.check_bounds(bounds)
+    V.check_eps(eps, norm=norm, bounds=bounds, num_features=V.features_per_example(x))
     V.check_number("step_size", step_size, min_value=0.0)
     V.check_int("num_steps", num_steps, min_value=1)
-    V.check_choice("norm", norm, norms.NORMS)
     if not callable(loss):
         V.check_choice("loss", loss, LOSSES)
     V.check_choice("random_start", random_start, norms.RANDOM_STARTS)
@@ -147,7 +163,8 @@ def _validate(*, eps, step_size, num_steps, norm, loss, random_start, init_std, 
         raise ValueError(f"targeted must be a bool, got {targeted!r}")
     if targeted and target is None:
         raise ValueError("targeted=True needs target labels (target=...), got None")
-    return V.check_bounds(bounds)
+    V.check_input_range(x, bounds)
+    return bounds
 
 
 # --------------------------------------------------------------------------
@@ -186,13 +203,16 @@ def pgd(
 
     Args:
       logits_fn: ``(B, ...) -> (B, K)`` logits; call the model in eval mode.
-      x: clean inputs ``(B, ...)`` in ``bounds``; axis 0 is the batch.
+      x: clean inputs ``(B, ...)`` in ``bounds``; axis 0 is the batch. A
+        concrete ``x`` outside ``bounds`` raises ``ValueError``; a traced one
+        is not checked (see the module docstring).
       y: true int labels ``(B,)`` (ignored by ``loss="kl"``; may be None then).
       key: PRNG key for the random start (and restarts); may be None only
         with ``random_start="none"``.
-      eps: radius of the threat model (>= 0). TRADES/LBGAT CIFAR: 0.031.
-      step_size: step length (>= 0): the L-inf step per coordinate, or the
-        L2 length of the step.
+      eps: radius of the threat model, in ``[0, hi - lo]`` (linf) or
+        ``[0, (hi - lo) * sqrt(d)]`` (l2). TRADES/LBGAT CIFAR: 0.031.
+      step_size: finite step length (>= 0): the L-inf step per coordinate,
+        or the L2 length of the step.
       num_steps: iterations (>= 1), a static Python int.
       norm: ``"linf"`` or ``"l2"``.
       loss: ``"ce"`` (default), ``"cw"`` (CW margin, clamp ``kappa``),
@@ -205,22 +225,23 @@ def pgd(
       init_std: std of the ``"normal"`` start (TRADES: 0.001).
       targeted: minimise the loss at ``target`` instead of maximising at ``y``.
       target: int target labels ``(B,)``; required when ``targeted``.
-      kappa: CW confidence (>= 0), only used by ``loss="cw"``.
+      kappa: finite CW confidence (>= 0), only used by ``loss="cw"``.
       restarts: independent runs (keys ``split(key, restarts)``; with one run
         ``key`` is used directly). Per example we keep the **successful** run
         (misclassified, or on target when targeted) with the highest final
         objective; if none succeeds, the run with the highest final
         objective. Ties keep the earlier run. With ``loss="kl"`` only the
         objective counts.
-      bounds: the input box ``(lo, hi)``, default ``(0, 1)``.
+      bounds: the input box ``(lo, hi)``, finite with ``lo < hi``; default
+        ``(0, 1)``.
       unroll: ``lax.fori_loop`` unroll factor (XLA:CPU convolutions run ~2x
         faster unrolled).
 
     Returns:
       ``stop_gradient(x_adv)``, same shape and dtype as ``x``.
     """
-    bounds = _validate(eps=eps, step_size=step_size, num_steps=num_steps, norm=norm, loss=loss,
-                       random_start=random_start, init_std=init_std, kappa=kappa,
+    bounds = _validate(x=x, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
+                       loss=loss, random_start=random_start, init_std=init_std, kappa=kappa,
                        restarts=restarts, bounds=bounds, unroll=unroll, targeted=targeted,
                        target=target)
     x = jnp.asarray(x)
@@ -319,10 +340,14 @@ def mi_fgsm(
     random start (``key`` is unused).
     """
     if step_size is None:
+        # eps and num_steps first, so that a bad one is named instead of the step.
+        V.check_choice("norm", norm, norms.NORMS)
+        V.check_eps(eps, norm=norm, bounds=V.check_bounds(bounds),
+                    num_features=V.features_per_example(x))
         V.check_int("num_steps", num_steps, min_value=1)
         step_size = eps / num_steps
-    bounds = _validate(eps=eps, step_size=step_size, num_steps=num_steps, norm=norm, loss=loss,
-                       random_start="none", init_std=0.0, kappa=kappa, restarts=1,
+    bounds = _validate(x=x, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
+                       loss=loss, random_start="none", init_std=0.0, kappa=kappa, restarts=1,
                        bounds=bounds, unroll=unroll, targeted=targeted, target=target)
     V.check_number("decay", decay, min_value=0.0)
     x = jnp.asarray(x)

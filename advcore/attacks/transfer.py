@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advcore.attacks._validation import check_input_range
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 Attack = Callable[[LogitsFn, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -39,7 +41,7 @@ def transfer_attack(
 
     Args:
       source_logits_fn / target_logits_fn: ``(B, ...) -> (B, K)`` logits.
-      x, y: clean inputs and true labels.
+      x, y: clean inputs (in the attack's bounds) and true labels.
       key: the attack's PRNG key.
       attack: ``attack(logits_fn, x, y, key) -> x_adv`` or a ``make_attack``
         name (default ``"pgd20"``: the SPEC 4.4 protocol).
@@ -70,7 +72,9 @@ def evaluate_transfer(
     'source_whitebox', 'n'}``: the target's accuracy on clean and transferred
     inputs, and the source's own clean and white-box accuracy (how strong the
     examples were where they were crafted). Runs one jitted program per
-    batch shape; batch ``i`` uses ``fold_in(key, i)``.
+    batch shape; batch ``i`` uses ``fold_in(key, i)``. ``x`` must lie in the
+    attack's ``bounds`` (default [0, 1]); it is checked on the host first,
+    since the jitted attack cannot check a traced batch.
     """
     attack = _resolve(attack)
     x = np.asarray(x)
@@ -78,6 +82,8 @@ def evaluate_transfer(
     n = len(y)
     if n == 0:
         raise ValueError("evaluate_transfer needs at least one example, got 0")
+    # The attack runs jitted (traced x): check the whole set here, on the host.
+    check_input_range(x, getattr(attack, "params", {}).get("bounds", (0.0, 1.0)))
     if batch_size is None:
         batch_size = n
     if batch_size < 1:

@@ -124,7 +124,7 @@ def test_jsma_runs_on_mnist_sized_inputs():
 def test_jsma_argument_checks():
     f = lambda z: z.reshape(z.shape[0], -1)[:, :4]  # noqa: E731
     x = jnp.zeros((2,) + tiny.SHAPE)
-    with pytest.raises(ValueError, match="gamma must be > 0"):
+    with pytest.raises(ValueError, match=r"gamma must be a finite number in \(0, 1\], got 0.0"):
         attacks.jsma(f, x, None, target=jnp.zeros(2, jnp.int32), gamma=0.0)
     with pytest.raises(ValueError, match="target"):
         attacks.jsma(f, x, None)

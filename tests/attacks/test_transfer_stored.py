@@ -76,7 +76,7 @@ def _example_set(n=6):
 
 def _save(directory, image_format="uint8", **kw):
     images, labels, targets, indices = _example_set()
-    args = dict(indices=indices, attack="ladder_jsma", attack_params={"theta": 1.0, "gamma": 1.0},
+    args = dict(indices=indices, attack="jsma", attack_params={"theta": 1.0, "gamma": 1.0},
                 dataset="mnist", split="test", source_model={"name": "lenet", "seed": 0},
                 targets=targets, image_format=image_format)
     args.update(kw)
@@ -88,7 +88,7 @@ def _save(directory, image_format="uint8", **kw):
 def test_save_load_round_trip(tmp_path, image_format):
     images, labels, targets, indices = _save(tmp_path / "set", image_format)
     loaded = attacks.load_attack_set(tmp_path / "set")
-    assert len(loaded) == 6 and loaded.attack == "ladder_jsma"
+    assert len(loaded) == 6 and loaded.attack == "jsma"
     np.testing.assert_array_equal(loaded.labels, labels)
     np.testing.assert_array_equal(loaded.targets, targets)
     np.testing.assert_array_equal(loaded.indices, indices)
