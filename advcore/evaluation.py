@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from advcore import checkpoint as ckpt_lib
 from advcore import files, parallel, run_spec, tables
-from advcore.attacks import make_attack
+from advcore.attacks import check_input_range, make_attack
 from advcore.batching import map_batches
 from advcore.data import load_split
 from advcore.version import __version__
@@ -148,16 +148,10 @@ def evaluate_classifier(
 
 
 def _check_pixel_range(images: np.ndarray) -> None:
-    """Attacks work on pixels in [0, 1]; a normalised dataset is refused, not clipped."""
+    """Attacks work on pixels in [0, 1]: a normalised dataset is refused, not clipped."""
     images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return
-    lo, hi = float(np.min(images)), float(np.max(images))
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"images must be pixels in [0, 1] (uint8 or float), got values in [{lo:.3g}, "
-            f"{hi:.3g}]; put any normalisation inside the model (a model spec's "
-            "'normalization', or advcore.attacks.normalized_logits_fn)")
+    if images.dtype != np.uint8:  # uint8 pixels are in range by construction
+        check_input_range(images, name="images")
 
 
 def build_attacks(names: Sequence[str], **overrides) -> dict[str, Attack]:
