@@ -12,7 +12,10 @@ Each checkpoint step holds three items:
 
 The digest covers **everything**: the state's bytes, the config and the rest
 of the metadata. A checkpoint whose arrays, config, iterator position or run
-spec changed after saving fails verification as a whole.
+spec changed after saving fails verification as a whole. A second digest
+(``header_digest``) covers the config and metadata alone, so that damage
+there is recognised as damage (not as "another architecture") before any
+array is read.
 
 Orbax writes each step into a temporary directory and renames it when the
 write is complete, so a crash mid-save never leaves a half-written step that
@@ -82,8 +85,15 @@ def content_digest(state: Any, config: Any, meta: Mapping[str, Any]) -> str:
         arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
         h.update(str(arr.dtype).encode())
         h.update(arr.tobytes())
-    h.update(b"\0config\0" + _canonical_json(config))
-    h.update(b"\0meta\0" + _canonical_json({k: v for k, v in meta.items() if k != "digest"}))
+    h.update(header_digest(config, meta).encode())
+    return h.hexdigest()
+
+
+def header_digest(config: Any, meta: Mapping[str, Any]) -> str:
+    """SHA-256 of the config and the metadata (its digests left out)."""
+    h = hashlib.sha256(b"config\0" + _canonical_json(config))
+    h.update(b"\0meta\0" + _canonical_json(
+        {k: v for k, v in meta.items() if k not in ("digest", "header_digest")}))
     return h.hexdigest()
 
 
@@ -186,6 +196,7 @@ class Checkpointer:
             "run_spec": self.run_spec,
             "extra": dict(extra or {}),
         })
+        meta["header_digest"] = header_digest(self.config, meta)
         meta["digest"] = content_digest(pure, self.config, meta)
         self.manager.save(
             int(step),
@@ -238,6 +249,10 @@ class Checkpointer:
         self.manager.wait_until_finished()
         meta = self.read_meta(step)
         config = self._read_json(step, "config")
+        if not isinstance(meta, dict) or meta.get("header_digest") != header_digest(config, meta):
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} in {self.directory} is corrupt: its config or "
+                "metadata does not match the digest recorded at save time")
         target_pure = serialization.to_state_dict(target_state)
 
         expected_sig = tree_signature(target_pure)

@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import sys
+import threading
 import warnings
 from typing import Callable
 
@@ -67,6 +68,57 @@ def cache_dir() -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(base)), "jax_compilation")
 
 
+class _ClosedLoopFilter:
+    """``sys.stderr`` minus orbax's "Event loop is closed" tracebacks.
+
+    After a failed save or read (a full disk, a damaged file), tensorstore
+    callbacks in orbax's worker threads try to reach an asyncio loop that is
+    already closed, and Python prints each such error as a traceback on
+    ``sys.stderr``, around the one line that states the real error. This
+    stream holds back a traceback until its last line and drops it when that
+    line is ``RuntimeError: Event loop is closed``; everything else passes.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._partial = ""
+        self._open = 0
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                self._line(line + "\n")
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        # Several threads may print at once, so their tracebacks interleave:
+        # count the open ones and judge the whole block when all are closed.
+        if line.startswith("Traceback (most recent call last)"):
+            self._open += 1
+        elif not self._pending:
+            self._stream.write(line)
+            return
+        elif not line.startswith((" ", "\t")):
+            self._open -= 1
+        self._pending.append(line)
+        if self._open == 0:
+            block, self._pending = self._pending, []
+            finals = [x for x in block if not x.startswith((" ", "\t", "Traceback"))]
+            if not all(x.startswith("RuntimeError: Event loop is closed") for x in finals):
+                self._stream.write("".join(block))
+
+    def flush(self) -> None:
+        with self._lock:
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def setup(name: str) -> None:
     """Process-wide setup; must run before the first JAX operation (the XLA:CPU
     settings and the distributed runtime must precede the backend's start)."""
@@ -77,10 +129,17 @@ def setup(name: str) -> None:
     for noisy in ("absl", "orbax", "tensorflow_datasets", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if not _DEBUG.value and not isinstance(sys.stderr, _ClosedLoopFilter):
+        sys.stderr = _ClosedLoopFilter(sys.stderr)
     backend.configure_cpu(_CPU_DEVICES.value or None)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     main_process = jax.process_index() == 0
-    absl_logging.set_verbosity(absl_logging.INFO if main_process else absl_logging.WARNING)
+    # absl's verbosity governs every library that logs through absl: orbax
+    # logs each file operation at INFO and a failed background save as a
+    # traceback at ERROR, which the one-line error report already covers.
+    # --debug shows all of it. The library's own logger speaks at INFO on
+    # process 0 only.
+    absl_logging.set_verbosity(absl_logging.INFO if _DEBUG.value else absl_logging.FATAL)
     logging.getLogger("advcore").setLevel(logging.INFO if main_process else logging.WARNING)
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", cache_dir())
@@ -110,6 +169,15 @@ def _disk_full(err: BaseException) -> bool:
     return False
 
 
+def _exit(code: int) -> None:
+    """Ends the process now. A failed orbax read leaves futures in its worker
+    threads, which would print 'Event loop is closed' tracebacks during a
+    normal interpreter shutdown; every save was already waited for."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def report_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """Wraps an absl ``main`` so user errors end in one line and an exit code."""
 
@@ -120,17 +188,17 @@ def report_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], No
             if _DEBUG.value:
                 raise
             print(f"stopped: {_one_line(err)}", file=sys.stderr)
-            sys.exit(err.exit_code)
+            _exit(err.exit_code)
         except Exception as err:  # noqa: BLE001 - classified below
             if _DEBUG.value:
                 raise
             if _disk_full(err):
                 print("error: no space left on device; the previous checkpoint is kept "
                       f"({_one_line(err)[:200]})", file=sys.stderr)
-                sys.exit(EXIT_ERROR)
+                _exit(EXIT_ERROR)
             if isinstance(err, USER_ERRORS) or (isinstance(err, OSError) and err.errno):
                 print(f"error: {_one_line(err)}", file=sys.stderr)
-                sys.exit(EXIT_ERROR)
+                _exit(EXIT_ERROR)
             raise
 
     return wrapped
