@@ -7,6 +7,7 @@ one, and a reader treats a missing or malformed file as absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -37,3 +38,12 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

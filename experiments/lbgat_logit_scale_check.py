@@ -63,7 +63,7 @@ def _logits(workdir: str, which: str, x: np.ndarray) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    from advcore import evaluate as ev
+    from advcore import evaluation as ev
 
     apply_fn, variables, _ = ev.load_evaluable(workdir, which=which)
     fn = jax.jit(apply_fn)

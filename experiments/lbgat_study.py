@@ -367,7 +367,7 @@ def evaluate_one(run: Run, dataset: str, scale: str, runs_dir: str, n: int, aa_n
     """Evaluates one trained model; every attack is cached in ``study_eval.json``."""
     import jax
 
-    from advcore import evaluate as ev
+    from advcore import evaluation as ev
     from advcore.attacks import make_attack
     from advcore.data import load_split
 
@@ -428,7 +428,7 @@ def test_logits(run: Run, dataset: str, scale: str, runs_dir: str, n: int,
     import jax
     import jax.numpy as jnp
 
-    from advcore import evaluate as ev
+    from advcore import evaluation as ev
     from advcore.attacks import make_attack
     from advcore.data import load_split
 

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from advcore.files import sha256_file
 from advcore.version import __version__
 
 FORMAT_VERSION = 1
@@ -70,14 +71,6 @@ class AttackSet:
         if self.images.dtype == np.uint8:
             return self.images.astype(np.float32) / 255.0
         return self.images.astype(np.float32)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _meta_digest(meta: Mapping[str, Any]) -> str:
@@ -184,7 +177,7 @@ def save_attack_set(
     for name, arr in arrays.items():
         path = os.path.join(directory, f"{name}.npy")
         np.save(path, arr, allow_pickle=False)
-        files[name] = {"sha256": _sha256(path), "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        files[name] = {"sha256": sha256_file(path), "shape": list(arr.shape), "dtype": str(arr.dtype)}
 
     meta = {
         "format_version": FORMAT_VERSION,
@@ -241,7 +234,7 @@ def load_attack_set(directory: Union[str, os.PathLike], *, verify: bool = True) 
         if not os.path.isfile(path):
             raise AttackSetError(f"{directory}: {name}.npy is missing")
         if verify:
-            digest = _sha256(path)
+            digest = sha256_file(path)
             if digest != info.get("sha256"):
                 raise AttackSetError(
                     f"{path}: sha256 mismatch (stored {info.get('sha256')}, file {digest}); "

@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from advcore.data.info import DataIntegrityError
+from advcore.files import sha256_file  # noqa: F401 (re-exported for the local sources)
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,6 @@ def cache_dir() -> pathlib.Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(data: bytes, expected: str, what: str) -> None:

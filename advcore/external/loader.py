@@ -22,7 +22,6 @@ The format is recognised by content, not by file extension.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advcore import checkpoint, run_spec
+from advcore.files import sha256_file
 from advcore.external import layouts
 from advcore.external.errors import ExternalCheckpointError
 from advcore.external.safetensors import read_safetensors, sniff_safetensors
@@ -131,14 +131,6 @@ def detect_format(path: str) -> str:
         f"{', '.join(FORMATS[1:])}")
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _variable_shapes(model: Any, arch: str) -> Any:
 
     shape = (1, *NATIVE_INPUT_SHAPES[arch])
@@ -209,7 +201,7 @@ def _load_tensor_file(path: str, fmt: str, arch: str, num_classes: int,
         tensors, NATIVE_INPUT_SHAPES[arch][-1], path)
     variables, ignored = layouts.convert_state_dict(
         arch, tensors, _variable_shapes(model, arch), path)
-    source = {"path": os.path.abspath(path), "format": fmt, "sha256": file_sha256(path),
+    source = {"path": os.path.abspath(path), "format": fmt, "sha256": sha256_file(path),
               **notes, "ignored_tensors": ignored}
     return model, variables, file_norm, source
 
@@ -315,7 +307,6 @@ __all__ = [
     "ExternalModel",
     "check_normalization",
     "detect_format",
-    "file_sha256",
     "load_external_model",
     "parse_normalization",
 ]

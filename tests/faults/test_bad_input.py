@@ -16,7 +16,7 @@ import pytest
 
 from advcore import config_files
 from advcore.config_schema import ConfigError, flatten, free_form_paths
-from faults_helpers import REPO, run_cli, train_argv
+from faults_helpers import run_cli, train_argv
 from ladder_jax import config_schema as ladder_schema
 from lbgat_jax import config_schema as lbgat_schema
 

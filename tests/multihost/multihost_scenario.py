@@ -35,7 +35,6 @@ from advcore import evaluation as eval_lib
 from advcore import metrics as metrics_lib
 from advcore import parallel
 from configs.lbgat import mnist as mnist_config
-from lbgat_jax import step as step_lib
 from lbgat_jax import train
 
 GLOBAL_BATCH = 16
