@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -106,8 +107,6 @@ def fetch_to_host(tree: Any) -> Any:
 
     def fetch(a):
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
             return np.asarray(multihost_utils.process_allgather(a, tiled=True))
         return np.asarray(a)
 

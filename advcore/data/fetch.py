@@ -26,6 +26,7 @@ import sys
 import tempfile
 
 from advcore.data import cache, local
+from advcore.data.offline_tfds import prepare_offline_tfds
 
 
 def mnist_wheel_path() -> pathlib.Path:
@@ -94,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             check_fashion()
         if args.tfds_dir:
-            from advcore.data.offline_tfds import prepare_offline_tfds
-
             print(f"{name}: tfds layout ready in {prepare_offline_tfds(name, args.tfds_dir)}")
     return 0
 

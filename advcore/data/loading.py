@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from advcore.data import local, splits, tiny_imagenet
+from advcore.data import local, splits, tfds_source, tiny_imagenet
 from advcore.data.info import ArrayDataset, DatasetUnavailableError, get_dataset_info
 
 SOURCES = ("auto", "tfds", "local")
@@ -62,22 +62,16 @@ def load_split(
 
     if source == "auto":
         if info.tfds_name is not None:
-            from advcore.data import tfds_source
-
             if download or tfds_source.is_prepared(info.tfds_name, data_dir):
                 source = "tfds"
         if source == "auto":
             if not info.local:
-                from advcore.data import tfds_source
-
                 raise DatasetUnavailableError(tfds_source.howto(info.tfds_name, data_dir))
             source = "local"
             if info.tfds_name is not None:
                 try:
                     return _load_local(name, split, data_dir, limit)
                 except DatasetUnavailableError as e:
-                    from advcore.data import tfds_source
-
                     raise DatasetUnavailableError(
                         f"{tfds_source.howto(info.tfds_name, data_dir)}; "
                         f"offline alternative: {e}") from e
@@ -87,8 +81,6 @@ def load_split(
             raise DatasetUnavailableError(
                 f"{name} has no tfds builder; use source='local' "
                 f"({tiny_imagenet.HOWTO})")
-        from advcore.data import tfds_source
-
         images, labels = tfds_source.load_tfds(
             info, split, None if data_dir is None else str(data_dir),
             download=download, limit=limit)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import grain
+import jax
 import numpy as np
 
 from advcore.data.info import AUGMENTATIONS, ArrayDataset
@@ -30,8 +31,6 @@ def _process_layout(
     process_index: int | None, process_count: int | None
 ) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax  # Imported lazily: the data package must not need a backend.
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not isinstance(process_count, (int, np.integer)) or process_count < 1:
