@@ -17,8 +17,7 @@ import pytest
 
 from advcore.attacks import load_attack_set
 from configs.ladder import mnist
-from ladder_jax import finetune as finetune_mod
-from ladder_jax import generate, main, stages
+from ladder_jax import generate, runner, training
 from ladder_jax.workdir import Workdir
 
 try:
@@ -42,7 +41,7 @@ def _config():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ladder_smoke"))
-    main.run(_config(), workdir, "all")
+    runner.run(_config(), workdir, "all")
     return workdir
 
 
@@ -56,7 +55,7 @@ class _Counter:
 
 
 def test_every_stage_wrote_its_outputs(run_dir):
-    wd = Workdir(run_dir, _config())
+    wd = Workdir(run_dir)
     units = set(wd.done_units())
     expected = {"classifier", "latents", "generator/ae", "svm", "generate/ladder",
                 "generate/sweep", "trainset/fgsm", "finetune/ladder", "finetune/trades_ladder",
@@ -88,12 +87,14 @@ def test_every_stage_wrote_its_outputs(run_dir):
 
 
 def test_checkpoints_are_evaluable(run_dir):
-    from advcore.evaluate import load_evaluable
+    from advcore.evaluation import load_evaluable
 
     for row in ("vanilla", "ladder", "fgsm"):
-        apply_fn, variables, config = load_evaluable(os.path.join(run_dir, "models", row))
-        assert config["model"]["robust"]["name"] == "lenet"
-        assert config["dataset"]["name"] == "mnist"
+        apply_fn, variables, spec = load_evaluable(os.path.join(run_dir, "models", row))
+        assert spec["models"][spec["default_model"]]["arch"] == "lenet"
+        assert spec["models"]["model"]["state_key"] == "model"
+        assert spec["dataset"]["name"] == "mnist" and spec["method"] == f"ladder/{row}"
+        assert spec["threat_model"]["norm"] == "linf" and spec["threat_model"]["eps"] == 0.3
         logits = apply_fn(variables, np.zeros((2, 28, 28, 1), np.float32))
         assert logits.shape == (2, 10)
 
@@ -114,26 +115,24 @@ def test_tables(run_dir):
 
 
 def test_rerun_does_not_redo_finished_work(run_dir, monkeypatch):
-    wd = Workdir(run_dir, _config())
+    wd = Workdir(run_dir)
     before = {u: wd.read_marker(u) for u in wd.done_units()}
-    fits = _Counter(stages.fit)
-    ft_fits = _Counter(finetune_mod.fit)
-    monkeypatch.setattr(stages, "fit", fits)
-    monkeypatch.setattr(finetune_mod, "fit", ft_fits)
-    main.run(_config(), run_dir, "all")
-    assert fits.calls == 0 and ft_fits.calls == 0
+    fits = _Counter(training.fit)
+    monkeypatch.setattr(training, "fit", fits)
+    runner.run(_config(), run_dir, "all")
+    assert fits.calls == 0
     after = {u: wd.read_marker(u) for u in wd.done_units()}
     assert after == before  # no marker rewritten: every unit was skipped
 
 
 def test_lost_marker_resumes_from_checkpoint_without_training(run_dir, monkeypatch):
-    wd = Workdir(run_dir, _config())
+    wd = Workdir(run_dir)
     ckpt_dir = os.path.join(run_dir, "models", "ladder", "checkpoints")
     steps_before = sorted(os.listdir(ckpt_dir))
     metrics = os.path.join(run_dir, "models", "ladder", "metrics.jsonl")
     lines_before = open(metrics).read()
     wd.clear_marker("finetune/ladder")
-    main.run(_config(), run_dir, "finetune")
+    runner.run(_config(), run_dir, "finetune")
     assert wd.read_marker("finetune/ladder") is not None
     assert sorted(os.listdir(ckpt_dir)) == steps_before
     assert open(metrics).read() == lines_before  # no epoch was trained again
@@ -142,9 +141,9 @@ def test_lost_marker_resumes_from_checkpoint_without_training(run_dir, monkeypat
 def test_config_change_redoes_only_affected_units(run_dir):
     c = _config()
     c.finetune.alpha = 0.3
-    wd = Workdir(run_dir, c)
+    wd = Workdir(run_dir)
     old = {u: wd.read_marker(u)["fingerprint"] for u in wd.done_units()}
-    main.run(c, run_dir, "finetune")
+    runner.run(c, run_dir, "finetune")
     new = {u: wd.read_marker(u)["fingerprint"] for u in wd.done_units()}
     for unit in ("classifier", "latents", "generator/ae", "svm", "generate/ladder",
                  "trainset/fgsm", "testset/fgsm", "testset/jsma", "testset/ladder"):
