@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from advcore.batching import map_batches
+from advcore.data import to_float
 from advcore.variables import ModelVars, apply_eval
 from ladder_jax import attention_svm, generators, perturb
 
@@ -143,7 +144,8 @@ def make_chunk_fn(gen: nn.Module, clf: Any, s: GenerationSettings) -> Callable:
         flat = zp.reshape(e * b, -1)
         x_hat = decode_images(g_vars, flat)
         q = quantize(x_hat, s.quantize, s.legacy_uint8_wrap)
-        pred = clf.predict_logits(clf.logits(c_vars, q.astype(jnp.float32) / 255.0))
+        # The vanilla model's label for the stored uint8 image.
+        pred = clf.predict_logits(clf.logits(c_vars, to_float(q)))
         latent_pred = clf.predict_logits(clf.classify(c_vars, flat))
         h = attention_svm.svm_score(svm_p, flat, s.use_exp)
         return {

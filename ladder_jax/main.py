@@ -16,7 +16,6 @@ one line and exit code 1.
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 from typing import Sequence
 
@@ -39,26 +38,6 @@ _FORCE = flags.DEFINE_bool("force", False, "Redo the selected stage(s)' units fr
 log = logging.getLogger("ladder_jax")
 
 
-def stage_command(argv: Sequence[str]):
-    """``stage -> this command line with --stage=<stage>`` (for refusal messages)."""
-    kept, skip = [], False
-    for arg in argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--stage", "-stage"):
-            skip = True
-            continue
-        if arg.lstrip("-").split("=")[0] in ("stage", "force", "noforce"):
-            continue
-        kept.append(shlex.quote(arg))
-
-    def command(stage: str) -> str:
-        return " ".join(["python -m ladder_jax.main", *kept, f"--stage={stage}"])
-
-    return command
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {list(argv[1:])}")
@@ -70,7 +49,7 @@ def main(argv: Sequence[str]) -> None:
     log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
     log.info("config:\n%s", _CONFIG.value)
     runner.run(_CONFIG.value, _WORKDIR.value, _STAGE.value, _FORCE.value,
-               command=stage_command(sys.argv))
+               command=runner.command_from_argv(sys.argv))
 
 
 def run() -> None:

@@ -13,9 +13,12 @@ records
 
 * ``fingerprint``: the fingerprint it was made under;
 * ``inputs``: for every unit it read, that unit's ``output`` id at the time;
-* ``output``: its own output id, a hash of the fingerprint and the input ids,
-  plus a fresh token when the unit was forced (``--force`` may give other
-  outputs from the same config: nondeterministic kernels, a newer library).
+* ``output``: its own output id, a hash of the fingerprint, the input ids and
+  the content: a training unit reports its final checkpoint's SHA-256
+  (``output_digest``), so a retrained model that differs in any bit (a
+  nondeterministic GPU, a newer library) gets a new id while a restored one
+  keeps its id. The other units' outputs are functions of their config and
+  inputs; they get a fresh token only when forced.
 
 A unit is *current* when its marker's fingerprint is the expected one, every
 input is current, and every recorded input id is that input's output id now.
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 import uuid
 from typing import Any, Callable, Optional, Sequence
@@ -62,6 +66,27 @@ def default_command(workdir: str) -> Callable[[str], str]:
     def command(stage: str) -> str:
         return (f"python -m ladder_jax.main --config=<the same config> --workdir={workdir} "
                 f"--stage={stage}")
+
+    return command
+
+
+def command_from_argv(argv: Sequence[str]) -> Callable[[str], str]:
+    """``stage -> the command line argv[1:] with --stage=<stage>`` (no ``--force``)."""
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name = arg.lstrip("-").split("=")[0]
+        if name == "stage" and "=" not in arg:
+            skip = True  # "--stage svm": its value follows
+            continue
+        if name in ("stage", "force", "noforce"):
+            continue
+        kept.append(shlex.quote(arg))
+
+    def command(stage: str) -> str:
+        return " ".join(["python -m ladder_jax.main", *kept, f"--stage={stage}"])
 
     return command
 
@@ -162,8 +187,8 @@ class Runner:
         start = time.time()
         info = dict(unit.work(self.ctx, identity) or {})
         info["seconds"] = round(time.time() - start, 3)
-        output = stable_hash({"fingerprint": fingerprint, "inputs": inputs,
-                              "forced": uuid.uuid4().hex if force else None})
+        content = info.get("output_digest") or (uuid.uuid4().hex if force else None)
+        output = stable_hash({"fingerprint": fingerprint, "inputs": inputs, "content": content})
         wd.write_marker(unit.name, {"fingerprint": fingerprint, "inputs": inputs,
                                     "output": output, "info": info})
         self.ctx.writer.write(0, {f"{unit.name}/{k}": v for k, v in info.items()
@@ -183,14 +208,18 @@ def build_graph(ctx: Any) -> UnitGraph:
 
 
 def run_stages(ctx: Any, stages: Sequence[str], force: bool = False,
-               command: Optional[Callable[[str], str]] = None) -> UnitGraph:
-    """Runs the units of ``stages`` (in pipeline order) on an open context."""
+               command: Optional[Callable[[str], str]] = None,
+               graph: Optional[UnitGraph] = None) -> UnitGraph:
+    """Runs the units of ``stages`` (in pipeline order) on an open context.
+
+    ``graph`` defaults to every stage's units for ``ctx`` (``build_graph``).
+    """
     from ladder_jax.stages import STAGE_MODULES
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"stages must be in {STAGES}, got {unknown}")
-    graph = build_graph(ctx)
+    graph = build_graph(ctx) if graph is None else graph
     runner = Runner(ctx, graph, command or default_command(ctx.wd.root))
     log.info("workdir %s: stages %s%s", ctx.wd.root,
              ", ".join(s for s in STAGES if s in stages), " (forced)" if force else "")

@@ -84,6 +84,12 @@ def open_checkpointer(wd: Any, unit_dir: str, identity: Mapping[str, Any],
     return ckpt_lib.Checkpointer(directory, config, max_to_keep=max_to_keep, run_spec=run_spec)
 
 
+def checkpoint_digest(checkpointer: ckpt_lib.Checkpointer) -> str:
+    """The SHA-256 of the newest checkpoint (arrays, config and metadata): the
+    content identity of a training unit's output."""
+    return checkpointer.read_meta(checkpointer.latest_step())["digest"]
+
+
 def fit(
     *,
     state: Any,

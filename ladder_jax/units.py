@@ -80,7 +80,8 @@ class Unit:
     """One unit of work of a stage.
 
     ``work(ctx, identity)`` produces the outputs and returns a small dict of
-    scalars for the marker and the log. ``identity`` is
+    scalars for the marker and the log (a training unit adds
+    ``output_digest``, its final checkpoint's SHA-256). ``identity`` is
     ``{"unit", "fingerprint", "inputs"}``: what a checkpoint of the unit
     stores, so that a checkpoint made from other inputs is never resumed.
     """

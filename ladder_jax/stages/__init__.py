@@ -12,15 +12,21 @@ Stages never import each other: what several of them need is in
 ``ladder_jax.context`` (data, stored outputs, compiled programs, latents,
 image selection, generation) or a library module.
 
-| stage | units | reads | writes |
-|---|---|---|---|
-| ``classifier`` | ``classifier`` | data | ``models/vanilla/`` |
-| ``latents`` | ``latents`` | ``classifier`` | ``latents/`` |
-| ``generator`` | ``generator/<kind>`` | ``latents`` | ``generator/<kind>/`` |
-| ``svm`` | ``svm`` | ``latents`` (and ``classifier`` for x·255 inputs) | ``svm/`` |
-| ``generate`` | ``generate/<variant>``, ``generate/sweep`` | ``classifier``, ``latents``, ``generator/<kind>``, ``svm`` | ``generated/`` |
-| ``finetune`` | ``trainset/<row>``, ``finetune/<row>`` | ``classifier``, ``generate/<variant>`` or ``trainset/<row>`` | ``attack_sets/train/``, ``models/<row>/`` |
-| ``evaluate`` | ``testset/<attack>``, ``testset/ladder``, ``score/<row>`` | ``classifier``, ``generator/ae``, ``svm``, every model | ``attack_sets/test/``, ``evaluate/`` |
+Units (what they read -> what they write):
+
+* ``classifier``: ``classifier`` (data -> ``models/vanilla/``)
+* ``latents``: ``latents`` (``classifier`` -> ``latents/``)
+* ``generator``: ``generator/<kind>`` (``latents`` -> ``generator/<kind>/``)
+* ``svm``: ``svm`` (``latents``, and ``classifier`` for x·255 inputs -> ``svm/``)
+* ``generate``: ``generate/<variant>``, ``generate/sweep`` (``classifier``, ``latents``,
+  ``generator/<kind>``, ``svm`` -> ``generated/``)
+* ``finetune``: ``trainset/<row>`` (``classifier`` -> ``attack_sets/train/<row>``),
+  ``finetune/<row>`` (``classifier`` and ``generate/<variant>`` or ``trainset/<row>``
+  -> ``models/<row>/``)
+* ``evaluate``: ``testset/<attack>`` (``classifier`` -> ``attack_sets/test/``),
+  ``testset/ladder`` (``classifier``, ``generator/ae``, ``svm``), ``score/<row>``
+  (the row's model and every test set -> ``evaluate/scores/``); ``finish`` writes
+  the tables
 """
 
 from __future__ import annotations

@@ -63,9 +63,11 @@ def train_vanilla(ctx, identity: dict) -> dict:
             mesh=ctx.mesh, eval_fn=eval_fn,
             eval_every_epochs=c.classifier.checkpoint_every_epochs,
             progress=ctx.progress, desc="vanilla")
+        digest = training.checkpoint_digest(ckpt)
     finally:
         ckpt.close()
     final = eval_fn(state)
     if trained:
         writer.write(int(state.step), {f"eval/{k}": v for k, v in final.items()})
-    return {"test_accuracy": final["test_accuracy"], "train_examples": int(len(labels))}
+    return {"test_accuracy": final["test_accuracy"], "train_examples": int(len(labels)),
+            "output_digest": digest}

@@ -139,6 +139,7 @@ def finetune_row(ctx, identity: dict, *, row: str, steps: _Steps) -> dict:
             checkpoint_every_epochs=ft.checkpoint_every_epochs, writer=writer, mesh=ctx.mesh,
             eval_fn=eval_fn, eval_every_epochs=ft.checkpoint_every_epochs,
             progress=ctx.progress, desc=f"finetune/{row}")
+        digest = training.checkpoint_digest(ckpt)
     finally:
         ckpt.close()
     final = eval_fn(state)
@@ -151,4 +152,5 @@ def finetune_row(ctx, identity: dict, *, row: str, steps: _Steps) -> dict:
         arrays, _ = generate.load_generated_set(ctx.wd.path("generated", row), mmap=True)
         report["fooling_rate_of_pairs_on_vanilla"] = float(np.mean(arrays["fools"]))
     files.write_json(ctx.wd.path(unit_dir, "report.json"), report)
-    return {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    return {**{k: v for k, v in report.items() if isinstance(v, (int, float))},
+            "output_digest": digest}

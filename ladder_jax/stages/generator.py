@@ -84,9 +84,11 @@ def train_generator(ctx, identity: dict, *, kind: str) -> dict:
             seed=streams.data_seed(c.seed, "generator_batches"), checkpointer=ckpt,
             checkpoint_every_epochs=g.checkpoint_every_epochs, writer=MetricWriter(out_dir),
             mesh=ctx.mesh, progress=ctx.progress, desc=f"generator/{kind}")
+        digest = training.checkpoint_digest(ckpt)
     finally:
         ckpt.close()
-    return _report(ctx, kind, gen, jax.device_get(state.g), out_dir)
+    return {**_report(ctx, kind, gen, jax.device_get(state.g), out_dir),
+            "output_digest": digest}
 
 
 def _report(ctx, kind: str, gen, gv: ModelVars, out_dir: str) -> dict:
