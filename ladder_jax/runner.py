@@ -37,7 +37,8 @@ stages in pipeline order, so there every input is redone first.
 -------
 ``--force`` moves the selected units' outputs aside (``discarded/``) before
 running them, so a training unit restarts from scratch instead of restoring
-its finished checkpoint; the units downstream of it become stale.
+its finished checkpoint. Downstream units become stale, except after a
+retraining that reproduced the model bit for bit (same checkpoint digest).
 """
 
 from __future__ import annotations
