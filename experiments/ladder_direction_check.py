@@ -56,18 +56,17 @@ def fit_svms(ctx, scale: float):
     import jax
     import jax.numpy as jnp
 
-    from ladder_jax import attention_svm
-    from ladder_jax.stages import compute_latents
+    from ladder_jax import attention_svm, streams
 
     s = ctx.config.svm
     k = ctx.num_classes
     labels = np.asarray(ctx.latents("train")["labels"])
     n = int(min(s.samples_per_class, np.bincount(labels, minlength=k).min()))
     idx = np.stack([np.nonzero(labels == c)[0][:n] for c in range(k)])
-    z, _ = compute_latents(ctx, ctx.train_set().images[idx.reshape(-1)], scale=scale)
+    z, _ = ctx.compute_latents(ctx.train_set().images[idx.reshape(-1)], scale=scale)
     class_z = jnp.asarray(z.reshape(k, n, -1))
     pairs = attention_svm.ordered_pairs(k)
-    keys = attention_svm.pair_keys(jax.random.key(ctx.config.seed + 11), pairs, k)
+    keys = attention_svm.pair_keys(streams.jax_key(ctx.config.seed, "svm_pairs"), pairs, k)
     res = attention_svm.train_pairs(keys, class_z, jnp.asarray(pairs), test_size=s.test_size,
                                     c=s.c, lr=s.lr, epochs=s.epochs, batch_size=s.batch_size,
                                     use_exp=s.attention_exp)
@@ -83,10 +82,9 @@ def flip_rates(ctx, params, pairs, seed: int) -> dict:
     import jax.numpy as jnp
 
     from ladder_jax import attention_svm
-    from ladder_jax.stages import selected_train_images
 
     use_exp = ctx.config.svm.attention_exp
-    idx, sources, targets = selected_train_images(ctx)
+    idx, sources, targets = ctx.selected_train_images()
     z = jnp.asarray(np.asarray(ctx.latents("train")["z"][idx], np.float32))
     pair_of = attention_svm.pair_index_table(pairs, ctx.num_classes)[sources, targets]
     # beta of each image's own z under its pair's attention, one pair at a time

@@ -254,9 +254,8 @@ def run_whitebox(dataset: str, scale: str, root: str) -> dict:
     """Table 7 analogue: FGSM / PGD at ε = 0.3 crafted on each fine-tuned model."""
     import jax
 
-    from advcore import evaluate as ev
+    from advcore import evaluation as ev
     from advcore.attacks import make_attack
-    from ladder_jax.attack_sets import _decision_logits_fn
     from ladder_jax.context import make_context
 
     main_wd = os.path.join(root, "ladder")
@@ -272,7 +271,7 @@ def run_whitebox(dataset: str, scale: str, root: str) -> dict:
                "PGD": make_attack(config.attacks.pgd.name, **dict(config.attacks.pgd.overrides))}
 
     def apply_fn(mv, x):
-        return _decision_logits_fn(clf, mv)(x)
+        return clf.decision_logits(clf.logits(mv, x))
 
     for row in ("vanilla",) + tuple(config.finetune.rows):
         if row in result or not os.path.isdir(os.path.join(ctx.model_dir(row), "checkpoints")):
@@ -313,7 +312,7 @@ def _load_config(dataset: str, scale: str):
 
 def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict:
     from advcore import plots, tables
-    from ladder_jax.finetune import DISPLAY_NAMES
+    from ladder_jax.stages.evaluate import DISPLAY_NAMES
 
     out = os.path.join(results_dir, dataset, scale)
     os.makedirs(out, exist_ok=True)

@@ -1,111 +1,98 @@
-"""Attack sets crafted once against the vanilla model and stored (SPEC 3.7, 4.6).
+"""Attack sets crafted once against the vanilla model and stored.
 
 * ``split='train'``: the "X Adv." baselines' training data, crafted on the
   same selected training images as LADDER (so every row fine-tunes on pairs
   of the same clean images).
 * ``split='test'``: the black-box evaluation sets scored on every model.
 
-Sets are written with ``advcore.attacks.save_attack_set`` (uint8, rounded);
-targeted attacks (CW-L2 with ``targeted=True``, JSMA) draw random targets with
+Sets are written with ``advcore.attacks.save_attack_set`` (uint8, rounded).
+Targeted attacks (CW-L2 with ``targeted=True``, JSMA) draw random targets with
 ``random_targets(key, y, K)`` from the batch key handed to the attack, so the
-targets are recomputed here and stored alongside.
+same draw is repeated next to the attack and the targets are stored with the
+set.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from advcore import attacks
 from advcore.attacks.targets import random_targets
-from ladder_jax import losses
-from ladder_jax.context import Context
+from advcore.batching import map_batches
+
+def attack_set_dir(wd: Any, split: str, key_name: str) -> str:
+    return wd.path("attack_sets", split, key_name)
 
 
-def attack_set_dir(ctx: Context, split: str, key_name: str) -> str:
-    return ctx.wd.path("attack_sets", split, key_name)
+def make_attack_program(clf: Any, name: str, overrides: dict, num_classes: int
+                        ) -> tuple[Callable, Callable]:
+    """``(attack, jit(mv, x, y, key) -> (x_adv, prediction, target))`` against ``clf``.
 
-
-def _decision_logits_fn(clf, mv):
-    """logits_fn whose argmax is ``clf``'s prediction (binary head: [thr, l])."""
-
-    def logits_fn(x):
-        return losses.decision_logits(clf.logits(mv, x), clf.head, clf.legacy_threshold)
-
-    return logits_fn
-
-
-@functools.lru_cache(maxsize=None)
-def _attack_runner(clf, name: str, overrides_json: str):
-    """(attack, jit(mv, x, y, key) -> (x_adv, pred)), cached so that the train
-    and test sets of one attack share a compilation."""
-    attack = attacks.make_attack(name, **json.loads(overrides_json))
+    The attack sees ``clf``'s decision logits, so "correct" means the model's
+    own prediction rule (a binary head's threshold included). ``target`` is
+    the attack's random target for targeted attacks, else -1.
+    """
+    attack = attacks.make_attack(name, **overrides)
+    targeted = attack.draws_random_targets
 
     @jax.jit
     def run(mv, x, y, key):
-        logits_fn = _decision_logits_fn(clf, mv)
+        logits_fn = lambda xx: clf.decision_logits(clf.logits(mv, xx))  # noqa: E731
         x_adv = attack(logits_fn, x, y, key)
-        return x_adv, jnp.argmax(logits_fn(x_adv), axis=-1)
+        target = random_targets(key, y, num_classes) if targeted else jnp.full_like(y, -1)
+        return x_adv, jnp.argmax(logits_fn(x_adv), axis=-1), target
 
     return attack, run
 
 
-def craft_attack_set(ctx: Context, key_name: str, images: np.ndarray, labels: np.ndarray,
-                     indices: np.ndarray, split: str, seed_offset: int) -> dict:
-    """Crafts ``config.attacks.<key_name>`` on ``images`` against vanilla and stores it."""
-    cfg = ctx.config.attacks[key_name]
-    overrides = json.dumps(dict(cfg.overrides.to_dict() if hasattr(cfg.overrides, "to_dict")
-                                else cfg.overrides), sort_keys=True)
-    attack, run = _attack_runner(ctx.classifier, cfg.name, overrides)
-    num_classes = 2 if ctx.classifier.head == "binary" else ctx.num_classes
+def overrides_of(attack_config: Any) -> dict:
+    """An attack config's ``overrides`` as a plain dict."""
+    o = attack_config.overrides
+    return json.loads(json.dumps(o.to_dict() if hasattr(o, "to_dict") else dict(o)))
 
-    bs = min(ctx.config.evaluate.attack_batch_size, max(len(labels), 1))
-    base = jax.random.key(ctx.config.seed + seed_offset)
-    outs, preds, targets = [], [], []
-    for start in tqdm(range(0, len(labels), bs), desc=f"{split}/{key_name}",
-                      disable=not ctx.progress, leave=False):
-        x = np.asarray(images[start:start + bs], np.float32) / 255.0
-        y = np.asarray(labels[start:start + bs], np.int32)
-        n = len(y)
-        if n < bs:  # one shape for jit; padded rows are dropped below
-            x = np.concatenate([x, np.repeat(x[:1], bs - n, 0)])
-            y = np.concatenate([y, np.repeat(y[:1], bs - n, 0)])
-        key = jax.random.fold_in(base, start)
-        x_adv, pred = run(ctx.vanilla, jnp.asarray(x), jnp.asarray(y), key)
-        outs.append(np.asarray(x_adv)[:n])
-        preds.append(np.asarray(pred)[:n])
-        if attack.draws_random_targets:
-            targets.append(np.asarray(random_targets(key, jnp.asarray(y), num_classes))[:n])
-    x_adv = np.concatenate(outs)
-    pred = np.concatenate(preds)
-    tgt = np.concatenate(targets) if targets else None
-    directory = attack_set_dir(ctx, split, key_name)
+
+def craft_attack_set(ctx: Any, key_name: str, images: np.ndarray, labels: np.ndarray,
+                     indices: np.ndarray, split: str, key: jax.Array) -> dict:
+    """Crafts ``config.attacks.<key_name>`` on ``images`` against vanilla and stores it.
+
+    Batch ``start`` uses ``fold_in(key, start)``, so a set does not depend on
+    how many batches came before.
+    """
+    cfg = ctx.config.attacks[key_name]
+    attack, run = ctx.attack_program(key_name)
+    mv = ctx.vanilla
+    labels = np.asarray(labels, np.int32)
+    x_adv, pred, target = map_batches(
+        lambda x, y, k: run(mv, x, y, k), (images, labels),
+        batch_size=min(ctx.config.evaluate.attack_batch_size, max(len(labels), 1)),
+        mesh=ctx.mesh, key=key, progress=ctx.progress, desc=f"{split}/{key_name}")
+    tgt = target if attack.draws_random_targets else None
+    directory = attack_set_dir(ctx.wd, split, key_name)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
+    vanilla_accuracy = 100.0 * float(np.mean(pred == labels))
     attacks.save_attack_set(
         directory, x_adv, labels, indices=indices, attack=attack.name,
         attack_params=attack.params, dataset=ctx.config.dataset.name, split=split,
         source_model={"row": "vanilla", "name": ctx.config.model.name}, targets=tgt,
-        extra={"vanilla_accuracy_on_set": 100.0 * float(np.mean(pred == labels))},
-        overwrite=True)
-    info = {"count": int(len(labels)),
-            "vanilla_accuracy": 100.0 * float(np.mean(pred == labels))}
+        extra={"vanilla_accuracy_on_set": vanilla_accuracy}, overwrite=True)
+    info = {"count": int(len(labels)), "vanilla_accuracy": vanilla_accuracy}
     if tgt is not None:
         info["target_success_rate"] = 100.0 * float(np.mean(pred == tgt))
     return info
 
 
-def load_pairs_from_attack_set(ctx: Context, key_name: str, train_images: np.ndarray
+def load_pairs_from_attack_set(wd: Any, key_name: str, train_images: np.ndarray
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, x_adv, y) uint8 pairs of a stored train-split attack set."""
-    s = attacks.load_attack_set(attack_set_dir(ctx, "train", key_name))
+    s = attacks.load_attack_set(attack_set_dir(wd, "train", key_name))
     return train_images[s.indices], s.images, s.labels
 
 
-def load_test_set(ctx: Context, key_name: str) -> attacks.AttackSet:
-    return attacks.load_attack_set(attack_set_dir(ctx, "test", key_name))
+def load_test_set(wd: Any, key_name: str) -> attacks.AttackSet:
+    return attacks.load_attack_set(attack_set_dir(wd, "test", key_name))

@@ -1,23 +1,22 @@
-"""Shared run context of the LADDER stages: config, workdir, data, models on disk.
+"""What every LADDER stage shares: config, workdir, data, the stored outputs, compiled programs.
 
-The stages exchange everything through files in the workdir (SPEC 3.1: the
-authors' pipeline is offline too), so any stage can be re-run alone:
+The stages exchange everything through files in the workdir (the authors'
+pipeline is offline too; ``ladder_jax/workdir.py`` has the layout), so any
+stage can run alone. ``Context`` reads those files and owns the programs
+several units share, each built once per run:
 
-```
-WORKDIR/
-  config.json                      the run's config
-  metrics.jsonl                    stage-level metrics (JSON lines)
-  markers/<unit>.json              finished units + config fingerprints
-  models/<row>/checkpoints/        evaluable checkpoints (vanilla, ladder, fgsm, ...)
-  models/<row>/metrics.jsonl       per-epoch training metrics, report.json
-  latents/{train,test}_{z,labels,pred}.npy
-  generator/<ae|gan>/              checkpoints, report.json, reconstruction.png
-  svm/                             att_w/att_b/w/b/pairs .npy, report.json
-  generated/<variant>/             LADDER sets (x_adv, x, label, target, eps, fools, ...)
-  generated/eps_sweep.png          the ε sweep grid (Figs. 7/10)
-  attack_sets/{train,test}/<name>/ stored attack sets crafted on the vanilla model
-  evaluate/                        scores per row, table.md / table.json
-```
+* the classifier's evaluation programs (``Classifier.correct``,
+  ``Classifier.features_and_pred``): vanilla and fine-tuning evaluation,
+  latents, the LADDER test set and the scores;
+* one generation program per generation settings (``generation_program``):
+  a variant's training-set generation and the LADDER test set share it;
+* one attack program per attack (``attack_program``): the "X Adv." training
+  set and the black-box test set of an attack share it.
+
+Helpers that several stages need live here too: latents of any images
+(``compute_latents``), the training images LADDER perturbs and their targets
+(``selected_train_images``), and LADDER generation with the run's generator
+and SVMs (``generate_examples``).
 """
 
 from __future__ import annotations
@@ -26,17 +25,20 @@ import dataclasses
 import functools
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advcore import data
+from advcore import checkpoint as ckpt_lib
+from advcore import data, parallel
+from advcore.batching import map_batches
 from advcore.metrics import MetricWriter
-from ladder_jax import attention_svm, generators
-from ladder_jax.classifier import Classifier, build_classifier
-from ladder_jax.train_utils import ModelVars
+from advcore.variables import ModelVars
+from ladder_jax import attack_sets, attention_svm, generate, generators, streams
+from ladder_jax.classifier import Classifier, make_run_spec, model_spec
+from ladder_jax.units import plain_config
 from ladder_jax.workdir import Workdir
 
 log = logging.getLogger("ladder_jax")
@@ -51,6 +53,8 @@ class Context:
     progress: bool
     _train: Optional[data.ArrayDataset] = None
     _test: Optional[data.ArrayDataset] = None
+    _generation_programs: dict = dataclasses.field(default_factory=dict)
+    _attack_programs: dict = dataclasses.field(default_factory=dict)
 
     # -- data -------------------------------------------------------------------
     def _load(self, split: str, limit: int) -> data.ArrayDataset:
@@ -76,45 +80,67 @@ class Context:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.info.image_shape)
 
+    @functools.cached_property
+    def mesh(self):
+        return parallel.make_mesh()
+
     # -- models -----------------------------------------------------------------
     @functools.cached_property
+    def model_spec(self) -> dict:
+        return model_spec(self.config, self.num_classes)
+
+    @functools.cached_property
     def classifier(self) -> Classifier:
-        return build_classifier(self.config, self.num_classes)
+        return Classifier.from_spec(self.model_spec)
+
+    def run_spec(self, row: str) -> dict:
+        """The run spec stored with every checkpoint of ``models/<row>``."""
+        return make_run_spec(self.config, self.model_spec, row)
 
     def model_dir(self, row: str) -> str:
         return self.wd.path("models", row)
 
-    def checkpoint_config(self, row: str, fingerprint: str) -> dict:
-        """The config JSON stored with an evaluable checkpoint (DESIGN.md)."""
-        c = self.config
-        return {
-            "model": {"robust": {"name": c.model.name, "kwargs": c.model.kwargs.to_dict()},
-                      "head": c.model.head,
-                      "legacy_celeba_threshold": c.model.legacy_celeba_threshold},
-            "dataset": {"name": c.dataset.name, "source": c.dataset.source,
-                        "data_dir": c.dataset.data_dir},
-            "method": f"ladder/{row}",
-            "ladder": {"row": row, "unit_fingerprint": fingerprint},
-        }
-
     def load_model_vars(self, row: str) -> ModelVars:
         """The newest checkpoint of ``models/<row>`` (digest-verified)."""
-        from advcore import checkpoint as ckpt_lib
-
         state, _, _ = ckpt_lib.load_raw_state(self.model_dir(row))
-        robust = state["robust"]
-        return ModelVars(params=jax.tree.map(jnp.asarray, robust["params"]),
-                         batch_stats=jax.tree.map(jnp.asarray, robust.get("batch_stats") or {}))
+        return _model_vars(state["model"])
 
     @functools.cached_property
     def vanilla(self) -> ModelVars:
         return self.load_model_vars("vanilla")
+
+    def generator_spec(self) -> generators.GeneratorSpec:
+        return generators.GENERATOR_SPECS[self.config.generator.arch]
+
+    @functools.cached_property
+    def generator_module(self):
+        g = self.config.generator
+        return generators.build_generator(g.arch, g.width_scale, g.legacy_convt_init)
+
+    def load_generator(self, kind: str) -> ModelVars:
+        """The trained generator ``kind`` (newest checkpoint, digest-verified)."""
+        state, _, _ = ckpt_lib.load_raw_state(self.wd.path("generator", kind))
+        return _model_vars(state["g"])
 
     # -- latents / svm ----------------------------------------------------------
     def latents(self, split: str, mmap: bool = True) -> dict[str, np.ndarray]:
         mode = "r" if mmap else None
         return {k: np.load(self.wd.path("latents", f"{split}_{k}.npy"), mmap_mode=mode)
                 for k in ("z", "labels", "pred")}
+
+    def compute_latents(self, images: np.ndarray, scale: float = 1.0,
+                        batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(z, predicted label) of uint8 images under the vanilla model, eval mode.
+
+        ``scale`` multiplies the [0, 1] images first: 255 gives the authors'
+        SVM inputs (``svm.legacy_pixel_scale``).
+        """
+        clf, mv = self.classifier, self.vanilla
+        scale = np.float32(scale)
+        z, pred = map_batches(lambda x: clf.features_and_pred(mv, x, scale), (images,),
+                              batch_size=batch_size or self.config.latents.batch_size,
+                              mesh=self.mesh)
+        return z.astype(np.float32), pred.astype(np.int32)
 
     def svm_params(self) -> tuple[attention_svm.SVMParams, np.ndarray]:
         d = self.wd.path("svm")
@@ -123,16 +149,78 @@ class Context:
                for k in attention_svm.SVMParams._fields})
         return params, np.load(os.path.join(d, "pairs.npy"))
 
-    def generator_spec(self) -> generators.GeneratorSpec:
-        return generators.GENERATOR_SPECS[self.config.generator.arch]
+    # -- generation ---------------------------------------------------------------
+    def selected_train_images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices, sources, targets) of the training images LADDER perturbs.
+
+        The "X Adv." rows' attack sets are crafted on the same images.
+        """
+        c = self.config
+        labels = np.asarray(self.train_set().labels)
+        idx = generate.select_indices(labels, c.generate.per_class_cap, self.num_classes,
+                                      streams.numpy_rng(c.seed, "generate_images"))
+        sources = labels[idx].astype(np.int32)
+        targets = generate.choose_targets(sources, self.num_classes,
+                                          streams.numpy_rng(c.seed, "generate_targets"))
+        return idx, sources, targets
+
+    def generation_settings(self, variant: str, eps_values=None) -> generate.GenerationSettings:
+        gc = self.config.generate
+        return generate.GenerationSettings(
+            variant=variant, eps_values=tuple(float(e) for e in (eps_values or gc.eps_list)),
+            use_exp=self.config.svm.attention_exp,
+            target_range=self.generator_spec().target_range,
+            cav_random_std=gc.cav_random_std, random_std=gc.random_std, quantize=gc.quantize,
+            legacy_uint8_wrap=gc.legacy_uint8_wrap, eps_init=gc.eps_init, eps_step=gc.eps_step,
+            eps_max=gc.eps_max, ite_max_eps=gc.ite_max_eps)
+
+    def generation_program(self, settings: generate.GenerationSettings) -> Callable:
+        """The compiled generation program of ``settings`` (built once per run)."""
+        if settings not in self._generation_programs:
+            self._generation_programs[settings] = generate.make_chunk_fn(
+                self.generator_module, self.classifier, settings)
+        return self._generation_programs[settings]
+
+    def generate_examples(self, variant: str, z: np.ndarray, sources: np.ndarray,
+                          targets: np.ndarray, clean_pred: np.ndarray, key: jax.Array,
+                          eps_values=None) -> dict[str, np.ndarray]:
+        """LADDER generation with the run's generator and SVMs; returns (E, N) arrays."""
+        kind = "gan" if variant == "ladder_gan" else "ae"
+        gv = self.load_generator(kind)
+        svm_p, pairs = self.svm_params()
+        table = attention_svm.pair_index_table(pairs, self.num_classes)
+        program = self.generation_program(self.generation_settings(variant, eps_values))
+        bs = min(self.config.generate.batch_size, max(len(sources), 1))
+        return generate.generate(program, gv, self.vanilla, svm_p, table,
+                                 np.asarray(z, np.float32), sources, targets,
+                                 np.asarray(clean_pred), batch_size=bs, key=key,
+                                 mesh=self.mesh, progress=self.progress)
+
+    # -- attacks --------------------------------------------------------------------
+    def attack_program(self, key_name: str) -> tuple[Callable, Callable]:
+        """``(attack, jitted run)`` of ``config.attacks.<key_name>`` against the vanilla model."""
+        if key_name not in self._attack_programs:
+            cfg = self.config.attacks[key_name]
+            num_classes = 2 if self.classifier.head == "binary" else self.num_classes
+            self._attack_programs[key_name] = attack_sets.make_attack_program(
+                self.classifier, cfg.name, attack_sets.overrides_of(cfg), num_classes)
+        return self._attack_programs[key_name]
+
+
+def _model_vars(entry: dict) -> ModelVars:
+    return ModelVars(params=jax.tree.map(jnp.asarray, entry["params"]),
+                     batch_stats=jax.tree.map(jnp.asarray, entry.get("batch_stats") or {}))
 
 
 def make_context(config: Any, workdir: str) -> Context:
+    """Validates ``config``, writes it to ``<workdir>/config.json`` and opens the run."""
     from ladder_jax.config_schema import validate_config
 
     validate_config(config)
     info = data.get_dataset_info(config.dataset.name)
-    wd = Workdir(workdir, config)
-    wd.write_config()
+    wd = Workdir(workdir)
+    os.makedirs(wd.root, exist_ok=True)
+    if parallel.is_main_process():
+        wd.write_config(plain_config(config))
     return Context(config=config, wd=wd, info=info, writer=MetricWriter(wd.root),
                    progress=bool(config.progress_bar))

@@ -6,7 +6,7 @@ per-image directions, every eps of ``eps_list`` (or the adaptive eps), the
 decoded images, their uint8 quantisation and the vanilla model's
 predictions. There is no per-image Python loop.
 
-Choices (SPEC 3.3, 3.5, 3.6):
+Choices (docs/ladder.md, "Stage 5"):
 
 * Images: the train set in a seeded random order, at most ``per_class_cap``
   per source class (MNIST 450 -> 4,500); ``-1`` keeps every image.
@@ -21,31 +21,34 @@ Choices (SPEC 3.3, 3.5, 3.6):
   negative values), ``'round'`` rounds to nearest (unbiased by 0.5/255).
 * ``fools``: the vanilla model's prediction on the *stored* uint8 image
   differs from the source label y. Every generated image is kept regardless
-  (SPEC 3.5: the code trains on all of them).
+  (the code trains on all of them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
+import shutil
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
+from advcore.batching import map_batches
+from advcore.data import to_float
+from advcore.variables import ModelVars, apply_eval
 from ladder_jax import attention_svm, generators, perturb
-from ladder_jax.train_utils import ModelVars, apply_model
 
 
-def select_indices(labels: np.ndarray, per_class_cap: int, num_classes: int, seed: int
-                   ) -> np.ndarray:
-    """Indices of the images to perturb: a seeded shuffle, capped per class."""
+def select_indices(labels: np.ndarray, per_class_cap: int, num_classes: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Indices of the images to perturb: a shuffle drawn from ``rng``, capped per class."""
     labels = np.asarray(labels)
-    order = np.random.default_rng(np.random.SeedSequence([seed, 101])).permutation(len(labels))
+    order = rng.permutation(len(labels))
     if per_class_cap == -1:
         return order
     counts = np.zeros(num_classes, np.int64)
@@ -58,10 +61,10 @@ def select_indices(labels: np.ndarray, per_class_cap: int, num_classes: int, see
     return np.asarray(keep, np.int64)
 
 
-def choose_targets(sources: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-    """t uniform over {0..K-1} \\ {y} per image (CelebA: always the other class)."""
+def choose_targets(sources: np.ndarray, num_classes: int, rng: np.random.Generator
+                   ) -> np.ndarray:
+    """t uniform over {0..K-1} \\ {y} per image, drawn from ``rng`` (CelebA: the other class)."""
     sources = np.asarray(sources, np.int64)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 202]))
     offset = rng.integers(1, num_classes, size=sources.shape)
     return ((sources + offset) % num_classes).astype(np.int32)
 
@@ -102,40 +105,16 @@ class GenerationSettings:
         return tuple(self.eps_values) == (-1.0,) or tuple(self.eps_values) == (-1,)
 
 
-@dataclasses.dataclass(frozen=True)
-class Classifier:
-    """The frozen vanilla model: images -> logits, latents -> logits, prediction rule."""
-
-    module: nn.Module
-    head: str
-    legacy_threshold: bool = False
-
-    def logits(self, mv: ModelVars, x: jax.Array) -> jax.Array:
-        return apply_model(self.module, mv, x, train=False)[0]
-
-    def features(self, mv: ModelVars, x: jax.Array) -> jax.Array:
-        return apply_model(self.module, mv, x, train=False, method="features")[0]
-
-    def classify(self, mv: ModelVars, z: jax.Array) -> jax.Array:
-        return apply_model(self.module, mv, z, train=False, method="classify")[0]
-
-    def predict_logits(self, logits: jax.Array) -> jax.Array:
-        from ladder_jax.losses import predict
-
-        return predict(logits, self.head, self.legacy_threshold)
-
-
-@functools.lru_cache(maxsize=None)
-def make_chunk_fn(gen: nn.Module, clf: Classifier, s: GenerationSettings) -> Callable:
+def make_chunk_fn(gen: nn.Module, clf: Any, s: GenerationSettings) -> Callable:
     """jit(g_vars, c_vars, svm_params, z, idx, clean_pred, key) -> dict of (E, B) arrays.
 
-    Cached per (generator, classifier, settings): variants with equal settings
-    and the train/test generations share one compilation.
+    ``clf`` is a ``ladder_jax.classifier.Classifier`` (the frozen vanilla
+    model). The caller keeps the returned program to share its compilation
+    (``Context.generation_program``: one per settings for the whole run).
     """
 
     def decode_images(g_vars, zp):
-        out, _ = apply_model(gen, g_vars, zp, train=False)
-        return generators.output_to_image(out, s.target_range)
+        return generators.output_to_image(apply_eval(gen, g_vars, zp), s.target_range)
 
     def run(g_vars, c_vars, svm_p, z, idx, clean_pred, key):
         b = z.shape[0]
@@ -165,7 +144,8 @@ def make_chunk_fn(gen: nn.Module, clf: Classifier, s: GenerationSettings) -> Cal
         flat = zp.reshape(e * b, -1)
         x_hat = decode_images(g_vars, flat)
         q = quantize(x_hat, s.quantize, s.legacy_uint8_wrap)
-        pred = clf.predict_logits(clf.logits(c_vars, q.astype(jnp.float32) / 255.0))
+        # The vanilla model's label for the stored uint8 image.
+        pred = clf.predict_logits(clf.logits(c_vars, to_float(q)))
         latent_pred = clf.predict_logits(clf.classify(c_vars, flat))
         h = attention_svm.svm_score(svm_p, flat, s.use_exp)
         return {
@@ -192,20 +172,22 @@ def generate(
     *,
     batch_size: int,
     key: jax.Array,
+    mesh=None,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Runs ``chunk_fn`` over all images, grouped by ordered pair.
 
     ``z`` (N, D) are the images' latents; ``svm_params`` leaves have a
-    leading pair axis indexed by ``pair_table[y, t]``. Returns arrays with a
-    leading (E, N) layout in the input order.
+    leading pair axis indexed by ``pair_table[y, t]``. Each image's noise is
+    keyed by its row index, so results do not depend on the batching.
+    Returns arrays with a leading (E, N) layout in the input order.
     """
-    from tqdm import tqdm
-
     n = len(sources)
     pair_ids = pair_table[np.asarray(sources), np.asarray(targets)]
     if np.any(pair_ids < 0):
         raise ValueError("some (source, target) pairs have no trained SVM")
+    z = np.asarray(z, np.float32)
+    clean_pred = np.asarray(clean_pred, np.int32)
     out: dict[str, np.ndarray] = {}
     groups = [(p, np.nonzero(pair_ids == p)[0]) for p in np.unique(pair_ids)]
     # One chunk shape for all calls (one compilation), but no bigger than the
@@ -213,25 +195,20 @@ def generate(
     # padded to the full batch size.
     largest = max(len(g) for _, g in groups)
     batch_size = min(batch_size, -(-largest // 8) * 8)
-    total = sum(-(-len(g) // batch_size) for _, g in groups)
-    bar = tqdm(total=total, desc="generate", disable=not progress, leave=False)
-    for p, rows in groups:
+    for p, rows in tqdm(groups, desc="generate", disable=not progress, leave=False):
         svm_p = jax.tree.map(lambda a: jnp.asarray(a[p]), svm_params)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            pad = batch_size - len(chunk)
-            padded = np.concatenate([chunk, np.repeat(chunk[:1], pad)]) if pad else chunk
-            res = chunk_fn(g_vars, c_vars, svm_p, jnp.asarray(z[padded]),
-                           jnp.asarray(padded, jnp.int32), jnp.asarray(clean_pred[padded]),
-                           key)
-            res = jax.device_get(res)
-            for name, value in res.items():
-                value = np.asarray(value)[:, :len(chunk)]
-                if name not in out:
-                    out[name] = np.zeros((value.shape[0], n) + value.shape[2:], value.dtype)
-                out[name][:, chunk] = value
-            bar.update(1)
-    bar.close()
+
+        def batch_first(zb, idx, cp, svm_p=svm_p):
+            res = chunk_fn(g_vars, c_vars, svm_p, zb, idx, cp, key)
+            return {name: jnp.moveaxis(v, 0, 1) for name, v in res.items()}
+
+        res = map_batches(batch_first, (z[rows], rows.astype(np.int32), clean_pred[rows]),
+                          batch_size=batch_size, mesh=mesh, float_images=(False, False, False))
+        for name, value in res.items():  # (rows, E, ...) -> (E, N, ...)
+            value = np.moveaxis(value, 0, 1)
+            if name not in out:
+                out[name] = np.zeros((value.shape[0], n) + value.shape[2:], value.dtype)
+            out[name][:, rows] = value
     return out
 
 
@@ -253,8 +230,6 @@ def save_generated_set(directory: str, arrays: dict[str, np.ndarray],
         raise ValueError(f"generated set is missing arrays {missing}")
     tmp = directory.rstrip("/") + ".tmp"
     if os.path.isdir(tmp):
-        import shutil
-
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     for name in SET_ARRAYS:
@@ -265,8 +240,6 @@ def save_generated_set(directory: str, arrays: dict[str, np.ndarray],
     with open(os.path.join(tmp, "info.json"), "w") as f:
         json.dump(payload, f, indent=2, default=str)
     if os.path.isdir(directory):
-        import shutil
-
         shutil.rmtree(directory)
     os.replace(tmp, directory)
 

@@ -1,4 +1,4 @@
-"""Generator training: invert the frozen feature map, optionally with a GAN term (SPEC 3.6).
+"""Generator training: invert the frozen feature map, optionally with a GAN term.
 
 ``ae``  : minimise ``rec(G(z), x)`` with ``rec`` the element-mean L2 (MSE) or
           L1, Adam(lr, (b1, b2)), z = features(x) precomputed (detached).
@@ -6,15 +6,16 @@
           ``BCE(D(x), 1) + BCE(D(G(z)).detach(), 0)`` with Adam(0.1 lr,
           (0.5, 0.999)); then G on ``lambda * BCE(D(G(z)), 1) + rec``. The code's
           ``--lam`` default of 0 silently disables the GAN term; here
-          lambda > 0 is required and reported (SPEC 3.6 [A]).
+          lambda > 0 is required and reported.
 
 Targets are the [0, 1] images, or [-1, 1] for CIFAR-10 (``target_range``).
 The last partial batch of an epoch is dropped (fixed shapes for jit).
+``build`` makes the modules, optimizers and initial state of one generator
+kind from the config.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -23,7 +24,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ladder_jax.train_utils import ModelVars, apply_model, run_init
+from advcore.backend import compile_once
+from advcore.variables import ModelVars, apply_train
+from ladder_jax import generators
 
 
 @struct.dataclass
@@ -34,6 +37,10 @@ class GeneratorState:
     d: Any  # ModelVars for 'gan', {} for 'ae'
     d_opt: Any
     key: jax.Array
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
 def reconstruction_loss(pred: jax.Array, target: jax.Array, norm: str) -> jax.Array:
@@ -81,7 +88,7 @@ def init_state(
 
     # One compiled program: eager init would compile every initialiser op
     # separately (dozens of small XLA compilations, seconds on CPU).
-    return run_init(build, key)
+    return compile_once(build, key)
 
 
 def make_train_step(
@@ -104,7 +111,7 @@ def make_train_step(
     """
 
     def loss_fn(gp, g_vars, z, target):
-        out, g_bs = apply_model(gen, g_vars, z, train=True, params=gp)
+        out, g_bs = apply_train(gen, g_vars, z, params=gp)
         return reconstruction_loss(out, target, norm), g_bs
 
     def microbatched_grads(state: GeneratorState, z, target):
@@ -142,21 +149,22 @@ def make_train_step(
         updates, g_opt = g_tx.update(grads, state.g_opt, state.g.params)
         g = ModelVars(optax.apply_updates(state.g.params, updates), g_bs)
         state = state.replace(step=state.step + 1, g=g, g_opt=g_opt)
-        return state, {"g_loss": rec, "rec_loss": rec}
+        return state, {"loss": rec, "g_loss": rec, "rec_loss": rec,
+                       "params_finite": _all_finite(g.params)}
 
     def gan_step(state: GeneratorState, z, target):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         k_real, k_fake, k_gen = jax.random.split(key, 3)
         # G's output for D's update (G not updated yet, so it is also the
         # output the G loss sees below).
-        fake, _ = apply_model(gen, state.g, z, train=True)
+        fake, _ = apply_train(gen, state.g, z)
         fake = jax.lax.stop_gradient(fake)
 
         def d_loss_fn(dp):
-            real_logit, bs1 = apply_model(disc, state.d, target, train=True,
-                                          dropout_key=k_real, params=dp)
+            real_logit, bs1 = apply_train(disc, state.d, target, params=dp,
+                                          dropout_key=k_real)
             d1 = ModelVars(dp, bs1)
-            fake_logit, bs2 = apply_model(disc, d1, fake, train=True, dropout_key=k_fake)
+            fake_logit, bs2 = apply_train(disc, d1, fake, dropout_key=k_fake)
             loss = bce_with_logits(real_logit, 1.0) + bce_with_logits(fake_logit, 0.0)
             return loss, (bs2, jax.nn.sigmoid(real_logit).mean(),
                           jax.nn.sigmoid(fake_logit).mean())
@@ -167,8 +175,8 @@ def make_train_step(
         d = ModelVars(optax.apply_updates(state.d.params, d_updates), d_bs)
 
         def g_loss_fn(gp):
-            out, g_bs = apply_model(gen, state.g, z, train=True, params=gp)
-            logit, d_bs2 = apply_model(disc, d, out, train=True, dropout_key=k_gen)
+            out, g_bs = apply_train(gen, state.g, z, params=gp)
+            logit, d_bs2 = apply_train(disc, d, out, dropout_key=k_gen)
             adv = bce_with_logits(logit, 1.0)
             rec = reconstruction_loss(out, target, norm)
             return gan_lambda * adv + rec, (g_bs, d_bs2, rec, adv,
@@ -180,18 +188,21 @@ def make_train_step(
         g = ModelVars(optax.apply_updates(state.g.params, g_updates), g_bs)
         state = state.replace(step=state.step + 1, g=g, g_opt=g_opt,
                               d=ModelVars(d.params, d_bs2), d_opt=d_opt)
-        return state, {"g_loss": g_loss, "rec_loss": rec, "g_adv_loss": adv,
-                       "d_loss": d_loss, "D_x": d_x, "D_G_z": d_gz, "D_G_z_after": g_dgz}
+        return state, {"loss": g_loss, "g_loss": g_loss, "rec_loss": rec, "g_adv_loss": adv,
+                       "d_loss": d_loss, "D_x": d_x, "D_G_z": d_gz, "D_G_z_after": g_dgz,
+                       "params_finite": _all_finite((g.params, d.params))}
 
     return ae_step if disc is None else gan_step
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _decode(gen: nn.Module, g: ModelVars, z: jax.Array) -> jax.Array:
-    out, _ = apply_model(gen, g, z, train=False)
-    return out
-
-
-def decode(gen: nn.Module, g: ModelVars, z: jax.Array) -> jax.Array:
-    """G(z) in eval mode (running BN statistics)."""
-    return _decode(gen, g, z)
+def build(g_config: Any, kind: str, z_dim: int, image_shape: tuple[int, int, int],
+          key: jax.Array):
+    """``(gen, disc, g_tx, d_tx, initial state)`` of generator ``kind`` ('ae' or 'gan')."""
+    if kind not in ("ae", "gan"):
+        raise ValueError(f"generator kind must be 'ae' or 'gan', got {kind!r}")
+    g = g_config
+    gen = generators.build_generator(g.arch, g.width_scale, g.legacy_convt_init)
+    disc = generators.Discriminator(g.d_width_scale) if kind == "gan" else None
+    g_tx, d_tx = make_optimizers(g.lr, g.b1, g.b2, g.d_lr_scale)
+    state = init_state(gen, disc, key, z_dim, image_shape, g_tx, d_tx)
+    return gen, disc, g_tx, d_tx, state

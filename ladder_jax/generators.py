@@ -1,4 +1,4 @@
-"""LADDER generators G: z -> x and the LADDER-GAN discriminator (SPEC 2.4).
+"""LADDER generators G: z -> x and the LADDER-GAN discriminator (docs/ladder.md).
 
 The architectures follow the authors' ``generator_architecture.py`` (the
 code's ConvTranspose strides, not the paper's Tables 10-13), in NHWC:
@@ -8,11 +8,14 @@ code's ConvTranspose strides, not the paper's Tables 10-13), in NHWC:
 * ``celeba``  z 4096 -> 128x128x3, Tanh,    targets in [0, 1]
 * ``cifar10`` z 512  -> 32x32x3,   Tanh,    targets in [-1, 1] (mapped back by (g+1)/2)
 
-Initialisation is the code's ``weights_init`` (SPEC 2.4): Linear/Conv weights
-N(0, 0.02) with PyTorch-default biases U(+-1/sqrt(fan_in)), BatchNorm
-gamma ~ N(1, 0.02) and beta = 0, ConvTranspose weights N(mean, 0.02) with
-bias 0, where ``mean`` is 1.0 under ``legacy_convt_init`` (what the authors
-ran, very likely a typo) and 0.0 by default.
+Convolutions, transposed convolutions and Linear layers are the library's
+PyTorch-equivalent layers (``advcore.models.layers``: symmetric padding,
+PyTorch output sizes and kernel layouts). Initialisation is the code's
+``weights_init``: Linear/Conv weights N(0, 0.02) with PyTorch-default biases
+U(+-1/sqrt(fan_in)), BatchNorm gamma ~ N(1, 0.02) and beta = 0, ConvTranspose
+weights N(mean, 0.02) with bias 0, where ``mean`` is 1.0 under
+``legacy_convt_init`` (what the authors ran, very likely a typo) and 0.0 by
+default.
 
 ``width_scale`` shrinks every channel count (only for smoke runs; 1.0 is the
 paper's network).
@@ -21,27 +24,18 @@ paper's network).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advcore.models import layers
+
 # PyTorch BatchNorm2d(momentum=0.1, eps=1e-5) == Flax momentum 0.9.
 _BN_MOMENTUM = 0.9
 _BN_EPS = 1e-5
 _W_STD = 0.02
-
-
-def torch_bias_init(fan_in: int) -> Callable:
-    """PyTorch's default bias init U(+-1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(max(fan_in, 1))
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def normal_init(mean: float, std: float) -> Callable:
@@ -55,60 +49,24 @@ def _width(channels: int, scale: float) -> int:
     return max(1, int(round(channels * scale)))
 
 
-class Conv(nn.Module):
-    """Conv2d with the code's init (N(0, 0.02) weight, PyTorch-default bias)."""
-
-    features: int
-    kernel: int
-    stride: int = 1
-    padding: int = 0
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1] * self.kernel * self.kernel
-        p = self.padding
-        return nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            use_bias=self.use_bias,
-            kernel_init=normal_init(0.0, _W_STD),
-            bias_init=torch_bias_init(fan_in),
-        )(x)
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0,
+         use_bias: bool = True) -> layers.Conv2d:
+    """``nn.Conv2d`` with the code's init (N(0, 0.02) weight, PyTorch-default bias)."""
+    return layers.Conv2d(features, kernel, stride, padding, use_bias,
+                         kernel_init=normal_init(0.0, _W_STD))
 
 
-class ConvTranspose(nn.Module):
-    """PyTorch ``ConvTranspose2d(c, c, k, s)`` (padding 0): out = (in-1)*s + k.
+def conv_transpose(features: int, kernel: int, stride: int,
+                   legacy_init: bool = False) -> layers.ConvTranspose2d:
+    """``nn.ConvTranspose2d(c, c, k, s)`` (padding 0): out = (in - 1) * s + k.
 
-    Flax's ``'VALID'`` transposed conv returns in*s + max(k-s, 0) rows, the
-    extra rows (k < s) at the end being zeros; they are cropped so that e.g.
-    the MNIST generator's k2/s4 layer maps 4x4 to 14x14 as in the code.
-    ``transpose_kernel=True`` makes the kernel layout and orientation match
-    PyTorch's, so authors' weights could be ported by a plain transpose.
+    E.g. the MNIST generator's k2/s4 layer maps 4x4 to 14x14, as in the code.
+    Weights N(0, 0.02) (N(1, 0.02) under ``legacy_init``), bias 0.
     """
-
-    features: int
-    kernel: int
-    stride: int
-    legacy_init: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        mean = 1.0 if self.legacy_init else 0.0
-        y = nn.ConvTranspose(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding="VALID",
-            transpose_kernel=True,
-            kernel_init=normal_init(mean, _W_STD),
-            bias_init=nn.initializers.zeros,
-        )(x)
-        h = (x.shape[1] - 1) * self.stride + self.kernel
-        w = (x.shape[2] - 1) * self.stride + self.kernel
-        return y[:, :h, :w, :]
+    mean = 1.0 if legacy_init else 0.0
+    return layers.ConvTranspose2d(features, kernel, stride,
+                                  kernel_init=normal_init(mean, _W_STD),
+                                  bias_init=nn.initializers.zeros)
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
@@ -122,13 +80,9 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     )
 
 
-def dense(features: int, fan_in: int, use_bias: bool) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        kernel_init=normal_init(0.0, _W_STD),
-        bias_init=torch_bias_init(fan_in),
-    )
+def dense(features: int, use_bias: bool) -> layers.Dense:
+    """``nn.Linear`` with the code's init (N(0, 0.02) weight, PyTorch-default bias)."""
+    return layers.Dense(features, use_bias=use_bias, kernel_init=normal_init(0.0, _W_STD))
 
 
 def _nchw_view_to_nhwc(h: jax.Array, channels: int, size: int) -> jax.Array:
@@ -142,7 +96,7 @@ def _nchw_view_to_nhwc(h: jax.Array, channels: int, size: int) -> jax.Array:
 
 
 class MnistGenerator(nn.Module):
-    """``mnist_generator``: z (500) -> 28x28x1 in [0, 1] (SPEC 2.4, Table 10)."""
+    """``mnist_generator``: z (500) -> 28x28x1 in [0, 1] (Table 10)."""
 
     z_dim: int = 500
     width_scale: float = 1.0
@@ -153,13 +107,13 @@ class MnistGenerator(nn.Module):
         del train  # no BatchNorm or dropout in this generator
         c0 = _width(50, self.width_scale)  # 50 is hard-coded in the code
         c1 = _width(20, self.width_scale)
-        h = dense(4 * 4 * c0, z.shape[-1], use_bias=False)(z)
+        h = dense(4 * 4 * c0, use_bias=False)(z)
         h = nn.relu(_nchw_view_to_nhwc(h, c0, 4))
-        h = ConvTranspose(c0, 2, 4, self.legacy_convt_init)(h)  # 4 -> 14
-        h = nn.relu(Conv(c1, 3)(h))  # 14 -> 12
-        h = ConvTranspose(c1, 2, 3, self.legacy_convt_init)(h)  # 12 -> 35
-        h = Conv(c1, 4)(h)  # 35 -> 32; no activation here in the code
-        h = Conv(1, 5)(h)  # 32 -> 28
+        h = conv_transpose(c0, 2, 4, self.legacy_convt_init)(h)  # 4 -> 14
+        h = nn.relu(conv(c1, 3)(h))  # 14 -> 12
+        h = conv_transpose(c1, 2, 3, self.legacy_convt_init)(h)  # 12 -> 35
+        h = conv(c1, 4)(h)  # 35 -> 32; no activation here in the code
+        h = conv(1, 5)(h)  # 32 -> 28
         return nn.sigmoid(h)
 
 
@@ -183,22 +137,22 @@ class VGGGenerator(nn.Module):
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
         c = _width(self.channels_first, self.width_scale)
         s = self.size_first
-        h = dense(c * s * s, z.shape[-1], use_bias=self.linear_bias)(z)
+        h = dense(c * s * s, use_bias=self.linear_bias)(z)
         h = _nchw_view_to_nhwc(h, c, s)
         for item in self.cfg:
             if item == "M":
-                h = ConvTranspose(c, 2, 2, self.legacy_convt_init)(h)
+                h = conv_transpose(c, 2, 2, self.legacy_convt_init)(h)
                 h = batch_norm(train)(h)
             else:
                 c = _width(int(item), self.width_scale)
-                h = Conv(c, 3, padding=1)(h)
+                h = conv(c, 3, padding=1)(h)
                 h = nn.relu(batch_norm(train)(h))
-        h = Conv(self.out_channels, 1)(h)
+        h = conv(self.out_channels, 1)(h)
         return jnp.tanh(h)
 
 
 class DiscriminatorBlock(nn.Module):
-    """The discriminator's ``BasicBlock`` exactly as it computes (SPEC 2.4).
+    """The discriminator's ``BasicBlock`` exactly as it computes.
 
     The code's first line ``lrl1(d1(bn1(conv1(x))))`` is overwritten by the
     next, so the block is Dropout(BN1(conv1 x)) -> BN2(conv2) + shortcut ->
@@ -210,13 +164,13 @@ class DiscriminatorBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        out = Conv(self.planes, 3, self.stride, 1, use_bias=False)(x)
+        out = conv(self.planes, 3, self.stride, 1, use_bias=False)(x)
         out = batch_norm(train)(out)
         out = nn.Dropout(0.5, deterministic=not train)(out)
-        out = Conv(self.planes, 3, 1, 1, use_bias=False)(out)
+        out = conv(self.planes, 3, 1, 1, use_bias=False)(out)
         out = batch_norm(train)(out)
         if self.stride != 1 or x.shape[-1] != self.planes:
-            sc = Conv(self.planes, 1, self.stride, 0, use_bias=False)(x)
+            sc = conv(self.planes, 1, self.stride, 0, use_bias=False)(x)
             sc = batch_norm(train)(sc)
         else:
             sc = x
@@ -224,11 +178,11 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """``cifar_Discriminator``: one logit per image (SPEC 2.4).
+    """``cifar_Discriminator``: one logit per image.
 
     On 32x32 inputs the final conv4x4/s2 yields a 1x1 map, as in the code. The
     code's D does not fit CelebA's 128x128 (its map would be 7x7); here the
-    logit map is averaged over space (a PatchGAN-style reading, SPEC 3.6 [A]).
+    logit map is averaged over space (a PatchGAN-style reading).
     """
 
     width_scale: float = 1.0
@@ -236,11 +190,11 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         ndf = _width(64, self.width_scale)
-        h = nn.leaky_relu(Conv(ndf, 3, 1, 1, use_bias=False)(x), 0.2)
+        h = nn.leaky_relu(conv(ndf, 3, 1, 1, use_bias=False)(x), 0.2)
         h = DiscriminatorBlock(ndf * 2, 2)(h, train)
         h = DiscriminatorBlock(ndf * 4, 2)(h, train)
         h = DiscriminatorBlock(ndf * 8, 2)(h, train)
-        h = Conv(1, 4, 2, 0, use_bias=False)(h)
+        h = conv(1, 4, 2, 0, use_bias=False)(h)
         return jnp.mean(h, axis=(1, 2, 3))
 
 
@@ -253,8 +207,8 @@ class GeneratorSpec:
     image_shape: tuple[int, int, int]
     # 'unit': output and target in [0, 1]; 'pm1': in [-1, 1], image = (g+1)/2.
     target_range: str
-    default_loss: str  # SPEC 3.6 [A]: L2 for MNIST, L1 otherwise
-    adam_b1: float  # SPEC 3.6: betas (0.5, 0.999) for CIFAR, (0.9, 0.999) otherwise
+    default_loss: str  # L2 for MNIST, L1 otherwise (docs/ladder.md)
+    adam_b1: float  # betas (0.5, 0.999) for CIFAR, (0.9, 0.999) otherwise
 
 
 GENERATOR_SPECS: dict[str, GeneratorSpec] = {

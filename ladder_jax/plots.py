@@ -15,19 +15,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from advcore.batching import as_float_images  # noqa: E402
+
 
 def _as_display(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.dtype == np.uint8:
-        img = img.astype(np.float32) / 255.0
-    img = np.clip(img, 0.0, 1.0)
+    img = np.clip(as_float_images(img), 0.0, 1.0)
     return img[..., 0] if img.shape[-1] == 1 else img
 
 
 def _mosaic(images: np.ndarray, ncols: int) -> np.ndarray:
     """Tiles (N, H, W, C) images into one (rows*H, ncols*W, C) array, 1-px gaps."""
-    images = np.asarray(images)
-    images = images / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    images = as_float_images(images)
     n, h, w, c = images.shape
     rows = math.ceil(n / ncols)
     out = np.ones((rows * (h + 1) - 1, ncols * (w + 1) - 1, c), np.float32)

@@ -6,6 +6,10 @@ Flax's stock layers do not:
 * ``Conv2d`` pads symmetrically like ``nn.Conv2d(padding=p)``. Flax's ``'SAME'``
   pads asymmetrically for stride 2 (0 before, 1 after), which shifts the sampling
   grid and would break weight porting.
+* ``ConvTranspose2d`` is ``nn.ConvTranspose2d(padding=p)``: output side
+  ``(in - 1) * stride - 2p + k``. Flax's ``nn.ConvTranspose`` with ``'VALID'``
+  padding returns ``in * stride + max(k - stride, 0)`` rows instead (extra zero
+  rows when k < stride) and has no symmetric-padding form.
 * ``Conv2d`` / ``Dense`` default to PyTorch's default init (kaiming-uniform with
   a=sqrt(5), i.e. U(+-1/sqrt(fan_in)) for weights, U(+-1/sqrt(fan_in)) for biases).
   The bias bound depends on fan_in, which a Flax bias initializer cannot see, so
@@ -130,6 +134,67 @@ class Conv2d(nn.Module):
             x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
+
+
+class ConvTranspose2d(nn.Module):
+    """``torch.nn.ConvTranspose2d`` on NHWC inputs (square kernel, symmetric padding,
+    no output padding, dilation 1, one group).
+
+    Every input pixel scatters ``x[i, j] . W[a, b]`` to output pixel
+    ``(i * stride + a - padding, j * stride + b - padding)``, so the output side is
+    ``(in - 1) * stride - 2 * padding + kernel_size``.
+
+    The kernel is stored ``(k, k, out, in)``: PyTorch's ``(in, out, k, k)`` weight
+    transposed by ``(2, 3, 1, 0)`` (Flax's ``transpose_kernel=True`` layout), so
+    ported weights need only that transpose. The default init is PyTorch's: its
+    fan-in is ``out * k * k`` (PyTorch reads it from the weight's second axis),
+    which is what a fan-in initializer computes from this layout.
+
+    Attributes:
+      features: output channels.
+      kernel_size: square kernel side.
+      stride: square stride (the upsampling factor).
+      padding: PyTorch ``padding``: rows/columns cropped from each side.
+      use_bias: whether to add a bias.
+      kernel_init: kernel initializer; PyTorch default if not given.
+      bias_init: bias initializer; ``None`` means PyTorch's U(+-1/sqrt(fan_in)).
+      dtype: compute dtype; the parameters are always float32.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    kernel_init: Initializer = torch_default_kernel_init
+    bias_init: Optional[Initializer] = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        check_positive_int(k, "kernel_size")
+        check_positive_int(s, "stride")
+        require(isinstance(p, int) and not isinstance(p, bool) and p >= 0,
+                f"padding must be an int >= 0, got {p!r}")
+        in_features = x.shape[-1]
+        kernel = self.param(
+            "kernel", self.kernel_init, (k, k, self.features, in_features), jnp.float32
+        )
+        # The scatter above equals a stride-1 convolution of the input dilated by
+        # ``stride`` with the spatially flipped kernel (I/O swapped to HWIO),
+        # padded by k - 1 - p on each side (negative padding crops).
+        w = jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2)).astype(self.dtype)
+        q = k - 1 - p
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype), w, (1, 1), ((q, q), (q, q)), lhs_dilation=(s, s),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.use_bias:
+            bias_init = self.bias_init or torch_bias_init(self.features * k * k)
+            bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 class MaxPool2d(nn.Module):

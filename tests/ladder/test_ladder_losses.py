@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from advcore.losses import cross_entropy
+from configs.ladder import celeba, mnist
 from ladder_jax import losses
+from ladder_jax.classifier import Classifier, model_spec
 
 
 def _np_log_softmax(z):
@@ -62,14 +65,23 @@ def test_binary_head_is_bce_with_logits():
     y = rng.integers(0, 2, size=8).astype(np.int32)
     sig = 1 / (1 + np.exp(-logit[:, 0]))
     bce = -np.mean(y * np.log(sig) + (1 - y) * np.log(1 - sig))
-    ce = losses.cross_entropy(losses.as_class_logits(jnp.asarray(logit), "binary"), jnp.asarray(y))
+    ce = cross_entropy(losses.as_class_logits(jnp.asarray(logit), "binary"), jnp.asarray(y))
     np.testing.assert_allclose(float(ce), bce, rtol=1e-5)
+
+
+def _classifier(head, legacy_threshold=False):
+    """The classifier a config builds (its prediction rule comes from the run spec)."""
+    c = celeba.get_config() if head == "binary" else mnist.get_config()
+    c.model.legacy_celeba_threshold = legacy_threshold
+    return Classifier.from_spec(model_spec(c, 2 if head == "binary" else 10))
 
 
 def test_binary_prediction_threshold():
     logit = jnp.asarray([[-0.1], [0.0 + 1e-4], [0.3], [0.6]])
-    np.testing.assert_array_equal(np.asarray(losses.predict(logit, "binary")), [0, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(_classifier("binary").predict_logits(logit)),
+                                  [0, 1, 1, 1])
     # The CelebA code's quirk: "smiling" iff logit >= 0.5.
-    np.testing.assert_array_equal(np.asarray(losses.predict(logit, "binary", True)), [0, 0, 0, 1])
+    np.testing.assert_array_equal(
+        np.asarray(_classifier("binary", True).predict_logits(logit)), [0, 0, 0, 1])
     softmax = jnp.asarray([[0.1, 2.0, -1.0]])
-    assert int(losses.predict(softmax, "softmax")[0]) == 1
+    assert int(_classifier("softmax").predict_logits(softmax)[0]) == 1

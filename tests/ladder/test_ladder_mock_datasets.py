@@ -64,7 +64,7 @@ def test_data_and_shapes_line_up(tmp_path, name, dataset, logits):
 
 
 def test_svhn_classifier_latents_svm_stages_on_mock_data(tmp_path):
-    from ladder_jax.stages import stage_classifier, stage_latents, stage_svm
+    from ladder_jax.runner import run_stages
 
     c = _config("svhn")
     c.classifier.epochs = 0  # an initialised model is enough for the plumbing
@@ -78,9 +78,7 @@ def test_svhn_classifier_latents_svm_stages_on_mock_data(tmp_path):
         object.__setattr__(ctx._train, "labels",
                            np.tile(np.arange(10, dtype=np.int32), 3)[:24])
         ctx.test_set()
-        stage_classifier(ctx)
-        stage_latents(ctx)
-        stage_svm(ctx)
+        run_stages(ctx, ("classifier", "latents", "svm"))
     z = np.load(tmp_path / "latents" / "train_z.npy")
     assert z.shape == (24, 256)  # 4096 * width_multiplier 1/16
     w = np.load(tmp_path / "svm" / "w.npy")

@@ -3,22 +3,23 @@
 One module-scoped run (the expensive part) feeds several checks: the
 outputs of every stage, the evaluable-checkpoint contract, the tables, that
 re-running finishes without redoing any unit, that a unit whose marker is
-lost resumes from its checkpoint without training again, and that a config
-change redoes only the affected units.
+lost resumes from its checkpoint without training again, that a config
+change redoes only the affected units, that a stage run alone refuses stale
+inputs, and that ``--force`` retrains from scratch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 
 from advcore.attacks import load_attack_set
 from configs.ladder import mnist
-from ladder_jax import finetune as finetune_mod
-from ladder_jax import generate, main, stages
+from ladder_jax import generate, runner, training
 from ladder_jax.workdir import Workdir
 
 try:
@@ -42,7 +43,7 @@ def _config():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("ladder_smoke"))
-    main.run(_config(), workdir, "all")
+    runner.run(_config(), workdir, "all")
     return workdir
 
 
@@ -56,7 +57,7 @@ class _Counter:
 
 
 def test_every_stage_wrote_its_outputs(run_dir):
-    wd = Workdir(run_dir, _config())
+    wd = Workdir(run_dir)
     units = set(wd.done_units())
     expected = {"classifier", "latents", "generator/ae", "svm", "generate/ladder",
                 "generate/sweep", "trainset/fgsm", "finetune/ladder", "finetune/trades_ladder",
@@ -88,12 +89,14 @@ def test_every_stage_wrote_its_outputs(run_dir):
 
 
 def test_checkpoints_are_evaluable(run_dir):
-    from advcore.evaluate import load_evaluable
+    from advcore.evaluation import load_evaluable
 
     for row in ("vanilla", "ladder", "fgsm"):
-        apply_fn, variables, config = load_evaluable(os.path.join(run_dir, "models", row))
-        assert config["model"]["robust"]["name"] == "lenet"
-        assert config["dataset"]["name"] == "mnist"
+        apply_fn, variables, spec = load_evaluable(os.path.join(run_dir, "models", row))
+        assert spec["models"][spec["default_model"]]["arch"] == "lenet"
+        assert spec["models"]["model"]["state_key"] == "model"
+        assert spec["dataset"]["name"] == "mnist" and spec["method"] == f"ladder/{row}"
+        assert spec["threat_model"]["norm"] == "linf" and spec["threat_model"]["eps"] == 0.3
         logits = apply_fn(variables, np.zeros((2, 28, 28, 1), np.float32))
         assert logits.shape == (2, 10)
 
@@ -114,26 +117,24 @@ def test_tables(run_dir):
 
 
 def test_rerun_does_not_redo_finished_work(run_dir, monkeypatch):
-    wd = Workdir(run_dir, _config())
+    wd = Workdir(run_dir)
     before = {u: wd.read_marker(u) for u in wd.done_units()}
-    fits = _Counter(stages.fit)
-    ft_fits = _Counter(finetune_mod.fit)
-    monkeypatch.setattr(stages, "fit", fits)
-    monkeypatch.setattr(finetune_mod, "fit", ft_fits)
-    main.run(_config(), run_dir, "all")
-    assert fits.calls == 0 and ft_fits.calls == 0
+    fits = _Counter(training.fit)
+    monkeypatch.setattr(training, "fit", fits)
+    runner.run(_config(), run_dir, "all")
+    assert fits.calls == 0
     after = {u: wd.read_marker(u) for u in wd.done_units()}
     assert after == before  # no marker rewritten: every unit was skipped
 
 
 def test_lost_marker_resumes_from_checkpoint_without_training(run_dir, monkeypatch):
-    wd = Workdir(run_dir, _config())
+    wd = Workdir(run_dir)
     ckpt_dir = os.path.join(run_dir, "models", "ladder", "checkpoints")
     steps_before = sorted(os.listdir(ckpt_dir))
     metrics = os.path.join(run_dir, "models", "ladder", "metrics.jsonl")
     lines_before = open(metrics).read()
     wd.clear_marker("finetune/ladder")
-    main.run(_config(), run_dir, "finetune")
+    runner.run(_config(), run_dir, "finetune")
     assert wd.read_marker("finetune/ladder") is not None
     assert sorted(os.listdir(ckpt_dir)) == steps_before
     assert open(metrics).read() == lines_before  # no epoch was trained again
@@ -142,12 +143,57 @@ def test_lost_marker_resumes_from_checkpoint_without_training(run_dir, monkeypat
 def test_config_change_redoes_only_affected_units(run_dir):
     c = _config()
     c.finetune.alpha = 0.3
-    wd = Workdir(run_dir, c)
+    wd = Workdir(run_dir)
     old = {u: wd.read_marker(u)["fingerprint"] for u in wd.done_units()}
-    main.run(c, run_dir, "finetune")
+    runner.run(c, run_dir, "finetune")
     new = {u: wd.read_marker(u)["fingerprint"] for u in wd.done_units()}
     for unit in ("classifier", "latents", "generator/ae", "svm", "generate/ladder",
                  "trainset/fgsm", "testset/fgsm", "testset/jsma", "testset/ladder"):
         assert new[unit] == old[unit]
     for unit in ("finetune/ladder", "finetune/fgsm", "finetune/trades_ladder"):
         assert new[unit] != old[unit]
+
+
+def test_stage_alone_refuses_stale_upstream(run_dir):
+    """``--stage=svm`` after a classifier change: refused in one line, nothing touched."""
+    c = _config()
+    c.classifier.lr = 0.02
+    wd = Workdir(run_dir)
+    before = {u: wd.read_marker(u) for u in wd.done_units()}
+    with pytest.raises(runner.StaleInputError) as err:
+        runner.run(c, run_dir, "svm")
+    msg = str(err.value)
+    assert msg.startswith("svm needs 'latents', which is stale") and "\n" not in msg
+    assert "(stale: classifier, latents)" in msg
+    assert msg.index("--stage=classifier") < msg.index("--stage=latents")
+    assert {u: wd.read_marker(u) for u in wd.done_units()} == before
+
+
+def test_force_retrains_from_scratch(run_dir):
+    """``--force`` moves the finished model aside and trains again from step 0 (this
+    test changes the run: it comes last)."""
+    from advcore.metrics import read_metrics
+    from ladder_jax.runner import build_graph
+
+    wd = Workdir(run_dir)
+    vanilla = os.path.join(run_dir, "models", "vanilla")
+    old_marker = wd.read_marker("classifier")
+    old_steps = sorted(os.listdir(os.path.join(vanilla, "checkpoints")))
+    old_train = [r["step"] for r in read_metrics(os.path.join(vanilla, "metrics.jsonl"))
+                 if "loss" in r]
+    start = time.time()
+    ctx = runner.run(_config(), run_dir, "classifier", force=True)
+    discarded = os.path.join(run_dir, "discarded")
+    (moved,) = [d for d in os.listdir(discarded) if d.endswith("-classifier")]
+    assert sorted(os.listdir(os.path.join(discarded, moved, "models", "vanilla",
+                                          "checkpoints"))) == old_steps
+    records = list(read_metrics(os.path.join(vanilla, "metrics.jsonl")))
+    train = [r["step"] for r in records if "loss" in r]
+    # A new log holding only this training, from the first epoch on.
+    assert train == old_train and all(r["time"] >= start for r in records)
+    marker = wd.read_marker("classifier")
+    assert marker["fingerprint"] == old_marker["fingerprint"]
+    assert marker["finished_at"] >= start
+    # Downstream units stay current only if the retrained model is bit-identical.
+    same = marker["info"]["output_digest"] == old_marker["info"]["output_digest"]
+    assert build_graph(ctx).is_current("latents") == same

@@ -76,17 +76,27 @@ def test_lbgat_cpu60k_scale_is_the_config_recipe_on_the_whole_split(dataset):
 
 
 def test_ladder_svm255_scale_is_cpu_with_the_authors_svm_inputs(tmp_path):
-    from ladder_jax.workdir import Workdir
+    from ladder_jax.context import make_context
+    from ladder_jax.runner import build_graph
 
     cpu = ladder_study.scale_overrides("cpu")
     svm255 = ladder_study.scale_overrides("cpu_svm255")
     assert svm255.pop("svm.legacy_pixel_scale") is True
     assert svm255 == cpu
     # The stages it links from `cpu` keep their fingerprints (so the copied
-    # markers are valid); the SVMs and everything downstream change.
-    wd = {s: Workdir(str(tmp_path / s), ladder_study._load_config("mnist", s).to_dict())
-          for s in ("cpu", "cpu_svm255")}
+    # markers are valid); the SVMs and every unit that reads them change.
+    graphs = {s: build_graph(make_context(ladder_study._load_config("mnist", s),
+                                          str(tmp_path / s)))
+              for s in ("cpu", "cpu_svm255")}
+    cpu_graph, svm_graph = graphs["cpu"], graphs["cpu_svm255"]
     for stage in ladder_study.UPSTREAM_STAGES:
-        assert wd["cpu"].stage_fingerprint(stage) == wd["cpu_svm255"].stage_fingerprint(stage)
+        for unit in cpu_graph.of_stage(stage):
+            assert cpu_graph.fingerprint(unit.name) == svm_graph.fingerprint(unit.name)
+    reads_svm = {"svm"}
+    for name, unit in cpu_graph.units.items():
+        if reads_svm & set(unit.inputs):
+            reads_svm.add(name)
     for stage in ("svm", "generate", "finetune", "evaluate"):
-        assert wd["cpu"].stage_fingerprint(stage) != wd["cpu_svm255"].stage_fingerprint(stage)
+        for unit in cpu_graph.of_stage(stage):
+            changed = cpu_graph.fingerprint(unit.name) != svm_graph.fingerprint(unit.name)
+            assert changed == (unit.name in reads_svm), unit.name

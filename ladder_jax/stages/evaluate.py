@@ -1,0 +1,172 @@
+"""Stage 7: black-box evaluation on stored attack sets and the paper's tables.
+
+Every test-time attack set is crafted **once against the vanilla model** on
+the first ``evaluate.num_images`` test images (FGSM / PGD at ε = 0.3,
+targeted CW-L2 and JSMA with random targets, optionally AutoAttack; units
+``testset/<attack>``) and stored; with ``evaluate.ladder_attack`` the LADDER
+attack of the same test images is added (``testset/ladder``, Tables 8/9).
+Every model (vanilla and each fine-tuned row) is then scored on every set
+(units ``score/<row>``, cached in ``evaluate/scores/<row>.json``). A row
+gets "−" in the column of the attack it was trained on.
+
+``finish`` writes, in ``evaluate/``:
+
+* ``table.md/json``: Tables 1-4 (Clean + attacks, Avg. Rank via
+  ``advcore.tables.avg_rank``: every column ranks all rows incl. vanilla,
+  1 = best, "−" cells omitted). TRADES+LADDER is left out, as in the paper.
+* ``table5.md/json``: LADDER vs TRADES+LADDER (Table 5's rows that exist here).
+* ``table8.md/json``: accuracy on the LADDER attack set (Tables 8/9).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import numpy as np
+
+from advcore import attacks, files, tables
+from ladder_jax import attack_sets, generate, streams
+from ladder_jax.units import Unit, config_values
+
+log = logging.getLogger("ladder_jax")
+
+STAGE = "evaluate"
+COLUMNS = {"fgsm": "FGSM", "jsma": "JSMA", "pgd": "PGD", "cw": "CW", "aa": "AA"}
+PAPER_ORDER = ("fgsm", "jsma", "pgd", "cw", "aa")  # Tables 1-4 (Song et al. not implemented)
+DISPLAY_NAMES = {
+    "vanilla": "Vanilla", "fgsm": "FGSM Adv", "jsma": "JSMA Adv", "pgd": "PGD Adv",
+    "cw": "CW Adv", "cavRandom": "cavRandom", "random": "Random", "ladder_gan": "LADDER-GAN",
+    "ladder": "LADDER", "trades_ladder": "TRADES+LADDER",
+}
+
+
+def _set_keys(config) -> list[str]:
+    keys = list(config.evaluate.attacks)
+    return keys + ["ladder"] if config.evaluate.ladder_attack else keys
+
+
+def _rows(config) -> list[str]:
+    return ["vanilla"] + list(config.finetune.rows)
+
+
+def units(ctx) -> list[Unit]:
+    c = ctx.config
+    out = [Unit(f"testset/{key}", STAGE,
+                config_values(c, f"attacks.{key}", "evaluate.num_images",
+                              "evaluate.attack_batch_size"),
+                functools.partial(craft_test_set, key=key), inputs=("classifier",),
+                outputs=(f"attack_sets/test/{key}",))
+           for key in c.evaluate.attacks]
+    if c.evaluate.ladder_attack:
+        out.append(Unit("testset/ladder", STAGE,
+                        config_values(c, "generate", "finetune.eps", "evaluate.num_images",
+                                      "latents.batch_size", "seed"),
+                        craft_ladder_test_set, inputs=("classifier", "generator/ae", "svm"),
+                        outputs=("attack_sets/test/ladder",)))
+    set_units = tuple(f"testset/{k}" for k in _set_keys(c))
+    for row in _rows(c):
+        model_unit = "classifier" if row == "vanilla" else f"finetune/{row}"
+        out.append(Unit(f"score/{row}", STAGE,
+                        {**config_values(c, "evaluate.batch_size"), "sets": _set_keys(c)},
+                        functools.partial(score_row, row=row),
+                        inputs=(model_unit,) + set_units,
+                        outputs=(f"evaluate/scores/{row}.json",)))
+    return out
+
+
+def _test_subset(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    test = ctx.test_set()
+    n = ctx.config.evaluate.num_images or len(test.labels)
+    n = min(n, len(test.labels))
+    return test.images[:n], np.asarray(test.labels[:n], np.int32), np.arange(n)
+
+
+def craft_test_set(ctx, identity: dict, *, key: str) -> dict:
+    del identity  # no checkpoints: the set is written whole
+    images, labels, idx = _test_subset(ctx)
+    return attack_sets.craft_attack_set(ctx, key, images, labels, idx, "test",
+                                        streams.jax_key(ctx.config.seed, f"testset/{key}"))
+
+
+def craft_ladder_test_set(ctx, identity: dict) -> dict:
+    """The LADDER attack on test images (Table 8), ε = finetune.eps (or adaptive)."""
+    del identity
+    seed = ctx.config.seed
+    images, labels, idx = _test_subset(ctx)
+    z, pred = ctx.compute_latents(images)
+    targets = generate.choose_targets(labels, ctx.num_classes,
+                                      streams.numpy_rng(seed, "testset_ladder_targets"))
+    eps = ctx.config.finetune.eps
+    res = ctx.generate_examples("ladder", z, labels, targets, pred,
+                                streams.jax_key(seed, "testset_ladder"), eps_values=(eps,))
+    x_adv = res["x_adv"][0]
+    fools = res["pred"][0] != labels
+    directory = attack_sets.attack_set_dir(ctx.wd, "test", "ladder")
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    attacks.save_attack_set(
+        directory, x_adv, labels, indices=idx, attack="ladder",
+        attack_params={"eps": eps, "variant": "ladder",
+                       "attention_exp": ctx.config.svm.attention_exp},
+        dataset=ctx.config.dataset.name, split="test",
+        source_model={"row": "vanilla", "name": ctx.config.model.name}, targets=targets,
+        extra={"eps": res["eps"][0].tolist(), "fools": fools.tolist()}, overwrite=True)
+    return {"count": int(len(labels)), "vanilla_accuracy": 100.0 * float(1 - fools.mean())}
+
+
+def score_row(ctx, identity: dict, *, row: str) -> dict:
+    del identity
+    clf = ctx.classifier
+    mv = ctx.load_model_vars(row)
+    bs = ctx.config.evaluate.batch_size
+    test = ctx.test_set()
+    scores = {"clean": clf.accuracy(mv, test.images, test.labels, bs, ctx.mesh)}
+    for key in _set_keys(ctx.config):
+        s = attack_sets.load_test_set(ctx.wd, key)
+        scores[key] = clf.accuracy(mv, s.images, s.labels, bs, ctx.mesh)
+    files.write_json(ctx.wd.path("evaluate", "scores", f"{row}.json"), scores)
+    return scores
+
+
+def finish(ctx) -> dict:
+    """Renders the tables from every row's scores."""
+    scores = {row: files.read_json(ctx.wd.path("evaluate", "scores", f"{row}.json"))
+              for row in _rows(ctx.config)}
+    attack_keys = [k for k in PAPER_ORDER if k in ctx.config.evaluate.attacks]
+    return write_tables(ctx, scores, attack_keys)
+
+
+def write_tables(ctx, scores: dict[str, dict], attack_keys: list[str]) -> dict:
+    """Renders the Tables 1-4, 5 and 8 analogues from per-row scores."""
+    out = ctx.wd.ensure_dir("evaluate")
+    dataset = ctx.config.dataset.name
+    main: dict[str, dict] = {}
+    for row, s in scores.items():
+        if row == "trades_ladder":
+            continue
+        cells = {"Clean": s["clean"]}
+        for key in attack_keys:
+            # "−": a row is not scored on the attack it was trained on.
+            cells[COLUMNS[key]] = None if row == key else s.get(key)
+        main[DISPLAY_NAMES[row]] = cells
+    columns = ["Clean"] + [COLUMNS[k] for k in attack_keys]
+    tables.write_table(os.path.join(out, "table"), main, columns,
+                       title=f"LADDER black-box accuracy (%), {dataset}", with_avg_rank=True)
+    result = {"table": main, "avg_rank": tables.avg_rank(main, columns)}
+
+    t5 = {DISPLAY_NAMES[r]: {"Clean": scores[r]["clean"],
+                             **{COLUMNS[k]: scores[r].get(k) for k in attack_keys}}
+          for r in ("vanilla", "ladder", "trades_ladder") if r in scores}
+    if "trades_ladder" in scores:
+        tables.write_table(os.path.join(out, "table5"), t5, columns,
+                           title=f"LADDER vs TRADES+LADDER (%), {dataset}")
+        result["table5"] = t5
+    if all("ladder" in s for s in scores.values()):
+        t8 = {DISPLAY_NAMES[r]: {"LADDER attack": s["ladder"]} for r, s in scores.items()}
+        tables.write_table(os.path.join(out, "table8"), t8, ["LADDER attack"],
+                           title=f"Accuracy on LADDER examples of test images (%), {dataset}")
+        result["table8"] = t8
+    with open(os.path.join(out, "table.md")) as f:
+        log.info("black-box table (%s):\n%s", os.path.join(out, "table.md"), f.read())
+    return result
