@@ -64,7 +64,6 @@ def craft_attack_set(ctx: Any, key_name: str, images: np.ndarray, labels: np.nda
     Batch ``start`` uses ``fold_in(key, start)``, so a set does not depend on
     how many batches came before.
     """
-    cfg = ctx.config.attacks[key_name]
     attack, run = ctx.attack_program(key_name)
     mv = ctx.vanilla
     labels = np.asarray(labels, np.int32)
