@@ -350,6 +350,22 @@ def largereps_schedule(eps: float, num_iters: int) -> Tuple[Tuple[float, ...], T
     return epss, tuple(iters)
 
 
+def l1_checkpoint_step(step: jax.Array, sparsity: jax.Array, sparsity_before: jax.Array,
+                       max_step: float) -> Tuple[jax.Array, jax.Array]:
+    """Upstream's L1 step-size rule at a checkpoint: ``(new_step, restart)``.
+
+    ``sparsity`` is ``||x_best - x||_0`` now, ``sparsity_before`` at the
+    previous checkpoint. Where it fell below 0.95 of that (``restart``), the
+    step goes back to ``max_step`` (``eps``) and the run restarts from
+    ``x_best``; elsewhere it is divided by 1.5; then it is clipped to
+    ``[max_step / 10, max_step]``.
+    """
+    restart = sparsity / sparsity_before < 0.95
+    new_step = jnp.clip(jnp.where(restart, max_step, step / _L1_STEP_DECAY),
+                        max_step / _L1_MIN_STEP_DIVISOR, max_step)
+    return new_step, restart
+
+
 def _sparse_step(grad: jax.Array, topk: jax.Array) -> jax.Array:
     """Upstream's L1 direction: the signs of the gradient's largest-magnitude
     entries (a ``topk`` fraction of the features, at least those tied with
@@ -423,9 +439,8 @@ def _single_run_l1(
 
         ckpt = (i + 1) % window == 0
         sp_curr = l0_norm(x_best - x).astype(jnp.float32)
-        sparser = ckpt & (sp_curr / sp_old < 0.95)
-        new_step = jnp.clip(jnp.where(sparser, max_step, step / _L1_STEP_DECAY),
-                            max_step / _L1_MIN_STEP_DIVISOR, max_step)
+        new_step, sparser = l1_checkpoint_step(step, sp_curr, sp_old, max_step)
+        sparser = ckpt & sparser
         step = jnp.where(ckpt, new_step, step)
         topk = jnp.where(ckpt, sp_curr / n_fts / 1.5, topk)
         sp_old = jnp.where(ckpt, sp_curr, sp_old)

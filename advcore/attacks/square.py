@@ -41,7 +41,7 @@ from advcore.attacks import _validation as val
 from advcore.attacks.apgd import as_active, check_common
 from advcore.attacks.norms import bcast, canonical_norm
 
-__all__ = ["margin", "square", "square_p_schedule"]
+__all__ = ["linf_init_draws", "linf_query_draws", "margin", "square", "square_p_schedule"]
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -83,6 +83,26 @@ def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
     return z_y - z_other
 
 
+def linf_init_draws(key: jax.Array, batch: int, width: int, channels: int,
+                    dtype=jnp.float32) -> jax.Array:
+    """The L-inf init's random signs, one per (image, column, channel):
+    shape ``(B, 1, W, C)`` (vertical stripes)."""
+    return jnp.where(jax.random.bernoulli(key, 0.5, (batch, 1, width, channels)),
+                     1.0, -1.0).astype(dtype)
+
+
+def linf_query_draws(key: jax.Array, i, side, height: int, width: int,
+                     channels: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """L-inf query ``i``'s random draws (shared by the batch, as upstream):
+    the window offsets ``floor((H - s) U)``, ``floor((W - s) U)`` and a sign
+    per channel. A test replays them in the reference."""
+    k_h, k_w, k_s = jax.random.split(jax.random.fold_in(key, i), 3)
+    vh = jnp.floor((height - side) * jax.random.uniform(k_h)).astype(jnp.int32)
+    vw = jnp.floor((width - side) * jax.random.uniform(k_w)).astype(jnp.int32)
+    sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (channels,)), 1.0, -1.0)
+    return vh, vw, sign
+
+
 def square_with_flags(
     logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
     eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
@@ -109,8 +129,7 @@ def square_with_flags(
     clean_ok = jnp.argmax(logits_fn(x), axis=-1) == y
     to_fool = clean_ok & active
 
-    stripes = jnp.where(jax.random.bernoulli(k_init, 0.5, (batch, 1, width, channels)),
-                        1.0, -1.0).astype(x.dtype)
+    stripes = linf_init_draws(k_init, batch, width, channels, x.dtype)
     x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
     margin_min = margin(logits_fn(x_best), y)
     sides = jnp.asarray(_side_table(n_queries, p_init, height, width, rescale_schedule))
@@ -125,10 +144,7 @@ def square_with_flags(
         i, margin_min, x_best = c
         querying = to_fool & (margin_min > 0)
         s = sides[i]
-        k_h, k_w, k_s = jax.random.split(jax.random.fold_in(k_loop, i), 3)
-        vh = jnp.floor((height - s) * jax.random.uniform(k_h)).astype(jnp.int32)
-        vw = jnp.floor((width - s) * jax.random.uniform(k_w)).astype(jnp.int32)
-        sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (channels,)), 1.0, -1.0)
+        vh, vw, sign = linf_query_draws(k_loop, i, s, height, width, channels)
         window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
         delta = jnp.where(window, 2.0 * eps * sign, 0.0).astype(x.dtype)  # (H, W, C)
         x_new = jnp.clip(jnp.minimum(jnp.maximum(x_best + delta, x - eps), x + eps), 0.0, 1.0)

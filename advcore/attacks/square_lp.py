@@ -57,7 +57,8 @@ from advcore.attacks.apgd import as_active
 from advcore.attacks.norms import bcast, flat_norm, l1_box_projection, normalize
 from advcore.attacks.square import margin, square_p_schedule
 
-__all__ = ["eta_pattern", "init_tiles", "lp_side_table", "square_lp_with_flags"]
+__all__ = ["eta_pattern", "init_draws", "init_tiles", "lp_side_table", "query_draws",
+           "square_lp_run", "square_lp_with_flags"]
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -171,30 +172,51 @@ def _to_budget(x: jax.Array, delta: jax.Array, eps: float, norm: str) -> jax.Arr
     return x + delta + l1_box_projection(x, delta, eps * _L1_EPS_SHRINK)
 
 
-def square_lp_with_flags(
-    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
-    eps: float, norm: str, n_queries: int = 5000, p_init: float = 0.8,
-    active: Optional[jax.Array] = None, rescale_schedule: bool = False,
-) -> Tuple[jax.Array, jax.Array]:
-    """Square Attack for ``norm`` in ``("l2", "l1")``; returns ``(x_adv, robust)``.
+def init_draws(key: jax.Array, tile_index: int, batch: int, channels: int,
+               dtype=jnp.float32) -> Tuple[jax.Array, jax.Array]:
+    """The init's random draws for tile ``tile_index``: whether its eta
+    pattern is transposed, and a sign per (image, channel) ``(B, 1, 1, C)``."""
+    k_flip, k_sign = jax.random.split(jax.random.fold_in(key, tile_index))
+    return jax.random.bernoulli(k_flip, 0.5), _random_signs(k_sign, batch, channels, dtype)
 
-    Arguments as :func:`advcore.attacks.square.square` (which validates them
-    and calls this for L2 / L1).
+
+def query_draws(key: jax.Array, i, side, height: int, width: int, batch: int, channels: int,
+                dtype=jnp.float32) -> Tuple[jax.Array, ...]:
+    """Query ``i``'s random draws: window offsets ``vh, vw, vh2, vw2`` (shared
+    by the batch, ``floor((H - s) U)`` as upstream), whether the eta pattern
+    is transposed, and a sign per (image, channel)."""
+    k_h, k_w, k_h2, k_w2, k_flip, k_sign = jax.random.split(jax.random.fold_in(key, i), 6)
+
+    def offset(k, extent):
+        return jnp.floor((extent - side) * jax.random.uniform(k)).astype(jnp.int32)
+
+    return (offset(k_h, height), offset(k_w, width), offset(k_h2, height), offset(k_w2, width),
+            jax.random.bernoulli(k_flip, 0.5), _random_signs(k_sign, batch, channels, dtype))
+
+
+def square_lp_run(
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, to_fool: jax.Array, *,
+    eps: float, norm: str, n_queries: int, p_init: float, rescale_schedule: bool,
+) -> Tuple[jax.Array, jax.Array]:
+    """Upstream ``attack_single_run`` (L2 / L1) on every point; ``to_fool``
+    masks the points that are queried. Returns ``(x_best, margin_min)``.
+
+    The random draws come from :func:`init_draws` (``fold_in(k_init, tile)``)
+    and :func:`query_draws` (``fold_in(k_loop, i)``) with ``k_init, k_loop =
+    split(key)``, so a test can replay them in the reference.
     """
     batch, height, width, channels = x.shape
-    active = as_active(active, batch)
     k_init, k_loop = jax.random.split(key)
-    to_fool = (jnp.argmax(logits_fn(x), axis=-1) == y) & active
 
     # Init: signed eta tiles.
     tile, corners = init_tiles(height, width)
     tile_pattern = eta_pattern(tile, norm)
     delta_init = jnp.zeros_like(x)
     for j, (vh, vw) in enumerate(corners):
-        k_flip, k_sign = jax.random.split(jax.random.fold_in(k_init, j))
-        pattern = jnp.where(jax.random.bernoulli(k_flip, 0.5), tile_pattern.T, tile_pattern)
-        signed = pattern[None, :, :, None] * _random_signs(k_sign, batch, channels, x.dtype)
-        delta_init = delta_init.at[:, vh:vh + tile, vw:vw + tile, :].add(signed)
+        flip, signs = init_draws(k_init, j, batch, channels, x.dtype)
+        pattern = jnp.where(flip, tile_pattern.T, tile_pattern)
+        delta_init = delta_init.at[:, vh:vh + tile, vw:vw + tile, :].add(
+            pattern[None, :, :, None] * signs)
     x_best = _to_budget(x, delta_init, eps, norm)
     margin_min = margin(logits_fn(x_best), y)
 
@@ -208,9 +230,6 @@ def square_lp_with_flags(
     def window(vh, vw, s):
         return ((rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)).astype(x.dtype)
 
-    def offset(k, extent, s):
-        return jnp.floor((extent - s) * jax.random.uniform(k)).astype(jnp.int32)
-
     def cond(c):
         i, margin_min, _ = c
         return (i < n_queries) & jnp.any(to_fool & (margin_min > 0))
@@ -219,14 +238,13 @@ def square_lp_with_flags(
         i, margin_min, x_best = c
         querying = to_fool & (margin_min > 0)
         s = sides[i]
-        k_h, k_w, k_h2, k_w2, k_flip, k_sign = jax.random.split(jax.random.fold_in(k_loop, i), 6)
-        vh, vw = offset(k_h, height, s), offset(k_w, width, s)
-        vh2, vw2 = offset(k_h2, height, s), offset(k_w2, width, s)
+        vh, vw, vh2, vw2, flip, signs = query_draws(k_loop, i, s, height, width, batch,
+                                                    channels, x.dtype)
         win1, win2 = window(vh, vw, s), window(vh2, vw2, s)
         delta = x_best - x
-        flip = jax.random.bernoulli(k_flip, 0.5).astype(jnp.int32)
-        pattern = jnp.roll(table[pattern_index[i], flip], (vh, vw), axis=(0, 1))
-        fresh = pattern[None, :, :, None] * _random_signs(k_sign, batch, channels, x.dtype)
+        pattern = jnp.roll(table[pattern_index[i], flip.astype(jnp.int32)], (vh, vw),
+                           axis=(0, 1))
+        fresh = pattern[None, :, :, None] * signs
         union = jnp.maximum(win1, win2)
         if norm == "l2":
             old_norm = jnp.sqrt(_window_sums(jnp.square(delta * win1)))
@@ -252,6 +270,25 @@ def square_lp_with_flags(
         return i + 1, margin_min, x_best
 
     _, margin_min, x_best = jax.lax.while_loop(cond, body, (jnp.int32(0), margin_min, x_best))
+    return x_best, margin_min
+
+
+def square_lp_with_flags(
+    logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
+    eps: float, norm: str, n_queries: int = 5000, p_init: float = 0.8,
+    active: Optional[jax.Array] = None, rescale_schedule: bool = False,
+) -> Tuple[jax.Array, jax.Array]:
+    """Square Attack for ``norm`` in ``("l2", "l1")``; returns ``(x_adv, robust)``.
+
+    Arguments as :func:`advcore.attacks.square.square` (which validates them
+    and calls this for L2 / L1). As upstream ``perturb``, a point is broken
+    when the model misclassifies its ``x_best``.
+    """
+    active = as_active(active, x.shape[0])
+    to_fool = (jnp.argmax(logits_fn(x), axis=-1) == y) & active
+    x_best, _ = square_lp_run(logits_fn, x, y, key, to_fool, eps=eps, norm=norm,
+                              n_queries=n_queries, p_init=p_init,
+                              rescale_schedule=rescale_schedule)
     broken = to_fool & (jnp.argmax(logits_fn(x_best), axis=-1) != y)
     adv = jnp.where(bcast(broken, x), x_best, x)
     robust = jnp.where(active, to_fool & ~broken, True)
