@@ -35,9 +35,11 @@ becomes ``||x_max - x||_0 / D / 1.5``; where that sparsity dropped below 0.95
 of its previous value the step is reset to ``eps`` and the point restarts
 from ``x_max``, elsewhere the step is divided by 1.5 (not below
 ``eps / 10``). With ``use_largereps`` (AutoAttack 'standard' for L1) each run
-is three runs at radii ``3 eps, 2 eps, eps`` (31 + 31 + 38 of 100
+is three runs at radii ``3 eps, 2 eps, eps`` (30 + 30 + 40 of 100
 iterations), each started from the previous one's best point projected onto
-its smaller ball (upstream ``decr_eps_pgd``).
+its smaller ball (upstream ``decr_eps_pgd``); each of them places its
+checkpoints by its own length, so every iteration is a checkpoint
+(``max(int(0.04 * 30), 1) = 1``).
 
 JAX form: every run is one ``lax.fori_loop`` over fixed-shape arrays with
 per-example ``jnp.where`` updates; points that upstream would not attack
@@ -50,9 +52,9 @@ Upstream quirks kept on purpose: the first checkpoint's oscillation count
 wraps one comparison to the unfilled (zero) last entry of the loss history;
 after a restart from ``x_max`` the momentum term uses the pre-restart
 iterate as ``x_{k-1}``; the returned adversarial point is the last
-misclassified iterate, not the best-loss one; ``0.3 * 100`` rounds up to 31
-in the large-reps split; with ``use_largereps`` the flags and points come from
-the last (radius ``eps``) run only.
+misclassified iterate, not the best-loss one; with ``use_largereps`` the
+flags and points come from the last (radius ``eps``) run only, and the L1
+checkpoint window is computed from each run's own length.
 """
 
 from __future__ import annotations
@@ -337,10 +339,8 @@ def l1_checkpoint_window(num_iters: int) -> int:
 
 def largereps_schedule(eps: float, num_iters: int) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
     """Upstream's ``use_largereps`` schedule: radii ``3 eps, 2 eps, eps`` for
-    ``ceil(0.3 n), ceil(0.3 n)`` and the remaining iterations.
-
-    The same Python float expressions as upstream, quirk included: ``0.3 *
-    100`` is ``30.000000000000004``, so 100 iterations split as 31 + 31 + 38.
+    ``ceil(0.3 n), ceil(0.3 n)`` and the remaining iterations (30 + 30 + 40
+    for 100), computed with upstream's Python float expressions.
     """
     epss = (3.0 * eps, 2.0 * eps, 1.0 * eps)
     iters = [math.ceil(c) for c in (0.3 * num_iters, 0.3 * num_iters, 0.4 * num_iters)]
@@ -611,7 +611,7 @@ def apgd(
       stochastic: whether ``logits_fn`` takes a key.
       unroll: ``fori_loop`` unroll factor of the iteration loop.
       use_largereps: L1 only: every run is upstream's decreasing-eps schedule
-        (radii 3, 2, 1 x eps over 31 + 31 + 38 of 100 iterations;
+        (radii 3, 2, 1 x eps over 30 + 30 + 40 of 100 iterations;
         :func:`largereps_schedule`), as AutoAttack 'standard' runs L1. As
         upstream, ``best_loss=True`` ignores it.
 

@@ -28,7 +28,7 @@ standard linf, l2  APGD-CE, APGD-T, FAB-T, Square       APGD-CE 1 restart; APGD-
                                                         FAB-T 9 targets; Square 1 run
 standard l1        APGD-CE, APGD-T, FAB-T, Square       APGD-CE 5 restarts and APGD-T 5 targets,
                                                         both with ``use_largereps`` (each run:
-                                                        radii 3, 2, 1 x eps for 31 + 31 + 38
+                                                        radii 3, 2, 1 x eps for 30 + 30 + 40
                                                         iterations); FAB-T (L1) 9 targets;
                                                         Square (L1) 1 run
 plus     linf, l2, APGD-CE, APGD-DLR, FAB, Square,      APGD-CE / APGD-DLR 5 restarts; FAB 5

@@ -352,7 +352,7 @@ def reference_square_replay(model, x: np.ndarray, y: np.ndarray, draws: Dict[str
         signs = [s.reshape(-1, 1, 1) for s in draws["signs"]][::-1]
         signs.append(draws["stripes"].transpose(0, 3, 1, 2))
         attack.random_int = lambda low=0, high=1, shape=(1,): torch.tensor([int(offsets.pop())])
-        attack.random_choice = lambda shape: torch.from_numpy(np.ascontiguousarray(signs.pop()))
+        attack.random_choice = lambda shape: torch.from_numpy(np.array(signs.pop(), np.float32))
         with torch.no_grad():
             _, x_best = attack.attack_single_run(xt, yt)
         return _nhwc(x_best)
@@ -372,7 +372,7 @@ def reference_square_replay(model, x: np.ndarray, y: np.ndarray, draws: Dict[str
         if tuple(shape) != (nhwc.shape[0], nhwc.shape[3], 1, 1):
             raise RuntimeError(f"the reference asked for signs of shape {tuple(shape)}: a point "
                                "was broken, so the replay no longer matches its batch")
-        return torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))
+        return torch.from_numpy(np.array(nhwc.transpose(0, 3, 1, 2), np.float32))
 
     real_rand = torch.rand
 
