@@ -60,7 +60,7 @@ checkpoint window is computed from each run's own length.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp

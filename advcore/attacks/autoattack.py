@@ -78,7 +78,7 @@ from advcore.attacks import _validation as val
 from advcore.attacks.apgd import (apgd, apgd_targeted, apgd_targeted_with_flags,
                                   apgd_with_flags, call_logits, check_common, check_largereps)
 from advcore.attacks.fab import fab, fab_targeted, fab_targeted_with_flags, fab_with_flags
-from advcore.attacks.norms import ATTACK_NORMS, bcast, canonical_norm
+from advcore.attacks.norms import ATTACK_NORMS, bcast
 from advcore.attacks.square import square, square_with_flags
 
 __all__ = ["ATTACK_NAMES", "NORMS", "VERSIONS", "AutoAttackConfig", "autoattack",

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from advcore.attacks import _validation as val
-from advcore.attacks.apgd import as_active, call_logits, check_common
+from advcore.attacks.apgd import as_active, check_common
 from advcore.attacks.fab_projections import projection_l1, projection_l2, projection_linf
 from advcore.attacks.norms import bcast, canonical_norm, flat_norm
 

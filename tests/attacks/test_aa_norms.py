@@ -436,3 +436,20 @@ def test_standard_cascade_l2_l1(norm, params, data):
     np.testing.assert_array_equal(changed, ~robust & (np.asarray(jnp.argmax(
         _apply(params, x), -1)) == np.asarray(y)))
     assert float(details["square"]) < float(details["clean"]) - 0.2
+
+
+def test_sanity_checks_use_the_norm_s_target_counts():
+    """L1 'standard' runs APGD-T with 5 targets (FAB-T keeps 9): with 7
+    classes only FAB-T asks for more targets than exist."""
+    from advcore.attacks.checks import run_sanity_checks
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 7)), jnp.float32)
+    f = lambda z: z.reshape(z.shape[0], -1) @ w  # noqa: E731
+    x = jnp.linspace(0.1, 0.9, 3 * 16).reshape(3, 4, 4, 1)
+    y = jnp.argmax(f(x), -1)
+    key = jax.random.key(0)
+    l1 = run_sanity_checks(f, x, y, key, norm="l1")
+    assert any("(9) than possible (6) are used in FAB-T" in m for m in l1)
+    assert not any("APGD-T" in m for m in l1)
+    linf = run_sanity_checks(f, x, y, key)
+    assert any("(9) than possible (6)" in m and "APGD-T" in m for m in linf)
