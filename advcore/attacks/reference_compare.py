@@ -38,6 +38,7 @@ import numpy as np
 
 __all__ = ["build_torch_model", "flag_agreement", "flax_layers", "import_reference",
            "jax_apgd_run", "reference_apgd_run", "reference_autoattack", "reference_fab",
+           "reference_l1_projection",
            "reference_missing", "reference_perturb", "reference_square",
            "reference_square_replay", "square_draws", "torch_norm"]
 
@@ -221,6 +222,12 @@ def reference_apgd_run(model, x: np.ndarray, y: np.ndarray, *, eps: float, norm:
             xt, yt, x_init=_nchw(x_init))
     return {"acc": acc.numpy().astype(bool), "loss_best": loss_best.detach().numpy(),
             "x_best": _nhwc(x_best), "x_best_adv": _nhwc(x_best_adv)}
+
+
+def reference_l1_projection(x: np.ndarray, delta: np.ndarray, eps: float) -> np.ndarray:
+    """The reference's ``L1_projection`` correction on NHWC arrays."""
+    proj = _reference_module("autopgd_base").L1_projection
+    return _nhwc(proj(_nchw(x), _nchw(delta), eps))
 
 
 def _robust(model, x_adv, yt) -> np.ndarray:

@@ -93,12 +93,17 @@ def test_twin_model_computes_the_same_logits(params, torch_model, data):
 
 @pytest.mark.parametrize("norm,loss,largereps", [
     ("linf", "ce", False), ("linf", "dlr-targeted", False), ("l2", "ce", False),
-    ("l2", "dlr-targeted", False), ("l1", "ce", False), ("l1", "ce", True),
-    ("l1", "dlr-targeted", True),
+    ("l2", "dlr-targeted", False), ("l1", "ce", False), ("l1", "dlr-targeted", False),
+    ("l1", "ce", True), ("l1", "dlr-targeted", True),
 ])
 def test_apgd_run_from_the_same_start(norm, loss, largereps, params, torch_model, data):
     """One APGD run (APGD-T: at the runner-up class, as its first target)
-    breaks the same points as the reference and mostly takes the same path."""
+    breaks the same points as the reference and mostly takes the same path.
+
+    L1 with large reps chains three runs; float32 differences that change a
+    top-k choice in one run change the next run's start, so a few more
+    points end differently (about 4 in 100, in both directions); the runs
+    themselves are compared from shared starts in the next test."""
     x, y = (a[:N_RUN] for a in data)
     eps = EPS[norm]
     kw = dict(eps=eps, norm=norm, loss=loss, num_iters=100, target_rank=2)
@@ -109,7 +114,8 @@ def test_apgd_run_from_the_same_start(norm, loss, largereps, params, torch_model
         kw.update(x_init=_start(x, norm, eps))
     ref = rc.reference_apgd_run(torch_model, x, y, **kw)
     ours = rc.jax_apgd_run(logits_fn_of, params, x, y, **kw)
-    agreement = _assert_flags_agree(ours["acc"], ref["acc"], max_disagreements=2)
+    agreement = _assert_flags_agree(ours["acc"], ref["acc"],
+                                    max_disagreements=5 if largereps else 2)
     assert 0.2 < agreement["robust_reference"] / len(y) < 0.9  # a meaningful budget
     # Most points follow the reference's path to 1e-5. Float32 rounding can
     # change a sign or a top-k choice and the path then diverges; L1 with
@@ -124,6 +130,30 @@ def test_apgd_run_from_the_same_start(norm, loss, largereps, params, torch_model
     norms = np.abs(ours["x_best_adv"] - x).reshape(len(x), -1)
     size = {"linf": norms.max(1), "l2": np.sqrt((norms ** 2).sum(1)), "l1": norms.sum(1)}[norm]
     assert size.max() <= eps * (1 + 1e-4) + 1e-5
+
+
+def test_apgd_l1_largereps_runs_from_shared_starts(params, torch_model, data):
+    """The three runs of the large-reps schedule (radii 3, 2, 1 x eps over 30,
+    30, 40 iterations, a checkpoint after every iteration), each started
+    from the reference's previous best point projected onto the next ball
+    (the reference's own chaining): every run breaks the same points and
+    nearly all points follow the same path."""
+    from advcore.attacks.apgd import largereps_schedule
+
+    x, y = (a[:N_RUN] for a in data)
+    epss, iters = largereps_schedule(EPS["l1"], 100)
+    assert iters == (30, 30, 40)
+    start = x + np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    start = start + rc.reference_l1_projection(x, start - x, epss[0])
+    for eps, num_iters in zip(epss, iters):
+        start = start + rc.reference_l1_projection(x, start - x, eps)
+        kw = dict(eps=eps, norm="l1", loss="ce", num_iters=num_iters, x_init=start)
+        ref = rc.reference_apgd_run(torch_model, x, y, **kw)
+        ours = rc.jax_apgd_run(logits_fn_of, params, x, y, **kw)
+        _assert_flags_agree(ours["acc"], ref["acc"], max_disagreements=1)
+        same_path = np.all(np.abs(ours["x_best"] - ref["x_best"]) < 1e-5, axis=(1, 2, 3))
+        assert same_path.mean() >= 0.9, (eps, same_path.mean())
+        start = ref["x_best"]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
