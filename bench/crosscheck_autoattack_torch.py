@@ -6,7 +6,8 @@ briefly adversarially trained MNIST SmallCNN with the reference's full
 budgets, every norm and more points. Needs ``torch`` and the reference
 (``pyautoattack``, the PyPI packaging of fra31/auto-attack, or ``autoattack``
 from GitHub) importable next to the project, e.g. the project's ``.venv``
-with ``pip install torch==2.13.0 pyautoattack==0.2.0``:
+with ``pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``
+and ``pip install pyautoattack==0.2.0``:
 
     python -m bench.bench_attacks --models=small_cnn --attacks=aa   # writes both npz files
     python bench/crosscheck_autoattack_torch.py \\
