@@ -4,9 +4,11 @@ Reference: F. Croce and M. Hein, "Reliable evaluation of adversarial
 robustness with an ensemble of diverse parameter-free attacks", ICML 2020
 (arXiv:2003.01690); semantics follow ``fra31/auto-attack``
 ``autoattack/autopgd_base.py`` (``APGDAttack`` / ``APGDAttack_targeted``) for
-the L-inf and L2 threat models.
+the L-inf, L2 and L1 threat models (L1: Croce and Hein, "Mind the box:
+l1-APGD for sparse adversarial attacks on image classifiers", ICML 2021).
 
-Algorithm per run (defaults: 100 iterations, rho 0.75, eta_0 = 2 eps):
+Algorithm per run for L-inf / L2 (defaults: 100 iterations, rho 0.75,
+eta_0 = 2 eps):
 
 * start ``x0 = clip(x + eps * u / ||u||)`` (``u ~ U[-1, 1]`` for L-inf,
   ``N(0, 1)`` for L2), clipped to [0, 1];
@@ -23,6 +25,22 @@ Algorithm per run (defaults: 100 iterations, rho 0.75, eta_0 = 2 eps):
   ``x_best_adv``); points never misclassified are returned unchanged (as
   upstream's ``perturb``), or, with ``best_loss=True``, the highest-loss point.
 
+L1 (:func:`_single_run_l1`): start ``x + n`` with ``n ~ N(0, I)`` corrected
+onto the L1-ball-and-box intersection (``norms.l1_box_projection``, the
+reference's ``L1_projection``); step ``eta_0 = eps``; each step moves by
+``eta`` in L1, spread evenly over the signs of the largest-magnitude
+gradient entries (a top-k fraction, initially 0.2), then projects; no
+momentum. Every ``max(int(0.04 n), 1)`` iterations the top-k fraction
+becomes ``||x_max - x||_0 / D / 1.5``; where that sparsity dropped below 0.95
+of its previous value the step is reset to ``eps`` and the point restarts
+from ``x_max``, elsewhere the step is divided by 1.5 (not below
+``eps / 10``). With ``use_largereps`` (AutoAttack 'standard' for L1) each run
+is three runs at radii ``3 eps, 2 eps, eps`` (30 + 30 + 40 of 100
+iterations), each started from the previous one's best point projected onto
+its smaller ball (upstream ``decr_eps_pgd``); each of them places its
+checkpoints by its own length, so every iteration is a checkpoint
+(``max(int(0.04 * 30), 1) = 1``).
+
 JAX form: every run is one ``lax.fori_loop`` over fixed-shape arrays with
 per-example ``jnp.where`` updates; points that upstream would not attack
 (``active`` False, clean-misclassified, or already broken by an earlier
@@ -34,12 +52,15 @@ Upstream quirks kept on purpose: the first checkpoint's oscillation count
 wraps one comparison to the unfilled (zero) last entry of the loss history;
 after a restart from ``x_max`` the momentum term uses the pre-restart
 iterate as ``x_{k-1}``; the returned adversarial point is the last
-misclassified iterate, not the best-loss one.
+misclassified iterate, not the best-loss one; with ``use_largereps`` the
+flags and points come from the last (radius ``eps``) run only, and the L1
+checkpoint window is computed from each run's own length.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+import math
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,42 +68,20 @@ import numpy as np
 
 from advcore.attacks import _validation as val
 from advcore.attacks import losses
+from advcore.attacks.norms import (ATTACK_NORMS, bcast, canonical_norm, flat_norm, l0_norm,
+                                   l1_box_projection, normalize)
 
 __all__ = ["apgd", "apgd_checkpoints", "apgd_targeted"]
 
 LogitsFn = Callable[..., jax.Array]
 
-NORMS = ("linf", "l2")
+NORMS = ATTACK_NORMS
 UNTARGETED_LOSSES = ("ce", "dlr")
 TARGETED_LOSSES = ("dlr_targeted", "ce_targeted")
-
-# Upstream's normalisation guard for the random start and the L2 step.
-_TINY = 1e-12
-
 
 # --------------------------------------------------------------------------
 # Small shared helpers (also used by fab.py / square.py / autoattack.py).
 # --------------------------------------------------------------------------
-
-
-def canonical_norm(norm: str) -> str:
-    """Accepts ``"linf"``/``"Linf"``/``"l2"``/``"L2"``; returns the lower-case name."""
-    if not isinstance(norm, str) or norm.lower() not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    return norm.lower()
-
-
-def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
-    """Reshapes a per-example ``(B,)`` vector to broadcast against ``x``."""
-    return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
-
-
-def flat_norm(v: jax.Array, norm: str) -> jax.Array:
-    """Per-example L-inf or L2 norm over all non-batch axes, shape ``(B,)``."""
-    axes = tuple(range(1, v.ndim))
-    if norm == "linf":
-        return jnp.max(jnp.abs(v), axis=axes)
-    return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
 
 
 def as_active(active: Optional[jax.Array], batch: int) -> jax.Array:
@@ -106,9 +105,7 @@ def check_common(x: jax.Array, y: jax.Array, eps: float) -> None:
     val.check_number("eps", eps, min_value=0.0)
 
 
-def _normalize(v: jax.Array, norm: str) -> jax.Array:
-    """``v / (||v|| + 1e-12)`` per example (upstream ``normalize``)."""
-    return v / bcast(flat_norm(v, norm) + _TINY, v)
+_normalize = normalize  # upstream ``normalize``: v / (||v|| + 1e-12) per example
 
 
 def _project(x_new: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
@@ -245,6 +242,9 @@ def _single_run(
     whether the point was never misclassified along the run, the highest
     loss, and the last misclassified iterate (the start point if never).
     """
+    if norm == "l1":
+        return _single_run_l1(loss_grad, x, y, t, key, eps=eps, num_iters=num_iters,
+                              unroll=unroll, x_init=x_init)
     k_init, k_loss = jax.random.split(key)
     batch = x.shape[0]
     if x_init is not None:
@@ -319,11 +319,200 @@ def _single_run(
 
 
 # --------------------------------------------------------------------------
+# L1: sparse steps, the L1-ball-and-box projection, the "large reps" schedule.
+# --------------------------------------------------------------------------
+
+# Upstream's L1 constants: initial step alpha * eps with alpha = 1 (2 for
+# L-inf / L2), the step divided by 1.5 at a checkpoint without enough
+# sparsity progress and never below eps / 10, initial top-k fraction 0.2.
+_L1_ALPHA = 1.0
+_L1_STEP_DECAY = 1.5
+_L1_MIN_STEP_DIVISOR = 10.0
+_L1_TOPK_INIT = 0.2
+
+
+def l1_checkpoint_window(num_iters: int) -> int:
+    """Iterations between two L1 checkpoints: ``max(int(0.04 n), 1)`` (upstream;
+    fixed, unlike the shrinking L-inf / L2 windows). 4 for 100 iterations."""
+    return max(int(0.04 * num_iters), 1)
+
+
+def largereps_schedule(eps: float, num_iters: int) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
+    """Upstream's ``use_largereps`` schedule: radii ``3 eps, 2 eps, eps`` for
+    ``ceil(0.3 n), ceil(0.3 n)`` and the remaining iterations (30 + 30 + 40
+    for 100), computed with upstream's Python float expressions.
+    """
+    epss = (3.0 * eps, 2.0 * eps, 1.0 * eps)
+    iters = [math.ceil(c) for c in (0.3 * num_iters, 0.3 * num_iters, 0.4 * num_iters)]
+    iters[-1] = num_iters - sum(iters[:-1])
+    if iters[-1] < 0:
+        raise ValueError(f"num_iters must be >= 2 with use_largereps, got {num_iters}")
+    return epss, tuple(iters)
+
+
+def l1_checkpoint_step(step: jax.Array, sparsity: jax.Array, sparsity_before: jax.Array,
+                       max_step: float) -> Tuple[jax.Array, jax.Array]:
+    """Upstream's L1 step-size rule at a checkpoint: ``(new_step, restart)``.
+
+    ``sparsity`` is ``||x_best - x||_0`` now, ``sparsity_before`` at the
+    previous checkpoint. Where it fell below 0.95 of that (``restart``), the
+    step goes back to ``max_step`` (``eps``) and the run restarts from
+    ``x_best``; elsewhere it is divided by 1.5; then it is clipped to
+    ``[max_step / 10, max_step]``.
+    """
+    restart = sparsity / sparsity_before < 0.95
+    new_step = jnp.clip(jnp.where(restart, max_step, step / _L1_STEP_DECAY),
+                        max_step / _L1_MIN_STEP_DIVISOR, max_step)
+    return new_step, restart
+
+
+def _sparse_step(grad: jax.Array, topk: jax.Array) -> jax.Array:
+    """Upstream's L1 direction: the signs of the gradient's largest-magnitude
+    entries (a ``topk`` fraction of the features, at least those tied with
+    the threshold), divided by their count (unit L1 norm)."""
+    batch = grad.shape[0]
+    n_fts = int(np.prod(grad.shape[1:]))
+    magnitude = jnp.abs(grad)
+    ascending = jnp.sort(magnitude.reshape(batch, -1), axis=1)
+    # float32 arithmetic and truncation as upstream's ``.long()``.
+    position = jnp.clip((1.0 - topk) * n_fts, 0, n_fts - 1).astype(jnp.int32)
+    threshold = ascending[jnp.arange(batch), position]
+    signs = jnp.sign(grad * (magnitude >= bcast(threshold, grad)).astype(grad.dtype))
+    return signs / bcast(flat_norm(signs, "l1") + 1e-10, signs)
+
+
+def _single_run_l1(
+    loss_grad: Callable, x: jax.Array, y: jax.Array, t: jax.Array, key: jax.Array, *,
+    eps: float, num_iters: int, unroll: int, x_init: Optional[jax.Array] = None,
+) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Upstream ``attack_single_run`` for ``norm='L1'`` on every point.
+
+    Start: ``x + n + r`` with ``n ~ N(0, I)`` and ``r`` its L1-ball-and-box
+    correction (``l1_box_projection``), clipped; top-k fraction 0.2. With
+    ``x_init`` the start is ``clip(x_init)`` and the top-k fraction is its
+    sparsity ``||x_init - x||_0 / D / 1.5`` (upstream, also used by the
+    large-reps schedule). Each step moves by ``step`` in L1 along
+    :func:`_sparse_step` and projects with ``l1_box_projection``; there is no
+    momentum. Every :func:`l1_checkpoint_window` iterations, with
+    ``sp = ||x_best - x||_0``: if ``sp`` fell below 0.95 of its value at the
+    previous checkpoint, the step is reset to ``eps`` and the point restarts
+    from ``x_best``; otherwise the step is divided by 1.5 (not below
+    ``eps / 10``); the top-k fraction becomes ``sp / D / 1.5``. Returns
+    ``(x_best, acc, loss_best, x_best_adv)`` as :func:`_single_run`.
+
+    Upstream quirk kept: the sparsity ratio is ``0 / 0 = NaN`` (not below
+    0.95) when both checkpoints have ``x_best == x``.
+    """
+    k_init, k_loss = jax.random.split(key)
+    batch = x.shape[0]
+    n_fts = int(np.prod(x.shape[1:]))
+    if x_init is None:
+        noise = jax.random.normal(k_init, x.shape, x.dtype)
+        x_adv = jnp.clip(x + noise + l1_box_projection(x, noise, eps), 0.0, 1.0)
+        topk = jnp.full((batch,), _L1_TOPK_INIT, jnp.float32)
+        sp_old = jnp.full((batch,), float(n_fts), jnp.float32)
+    else:
+        x_adv = jnp.clip(x_init, 0.0, 1.0)
+        sp_old = l0_norm(x_adv - x).astype(jnp.float32)
+        topk = sp_old / n_fts / 1.5
+
+    loss0, grad0, logits0 = loss_grad(x_adv, y, t, jax.random.fold_in(k_loss, 0))
+    acc0 = jnp.argmax(logits0, axis=-1) == y
+    max_step = _L1_ALPHA * eps
+    step0 = jnp.full((batch,), max_step, x.dtype)
+    window = l1_checkpoint_window(num_iters)
+
+    def body(i, c):
+        (x_adv, grad, x_best, grad_best, loss_best, x_best_adv, acc, step, topk, sp_old) = c
+        x_step = x_adv + bcast(step, x) * _sparse_step(grad, topk)
+        delta = x_step - x
+        x_adv = x + delta + l1_box_projection(x, delta, eps)
+
+        value, grad, logits = loss_grad(x_adv, y, t, jax.random.fold_in(k_loss, i + 1))
+        pred_ok = jnp.argmax(logits, axis=-1) == y
+        acc = acc & pred_ok
+        x_best_adv = jnp.where(bcast(~pred_ok, x), x_adv, x_best_adv)
+        improved = value > loss_best
+        x_best = jnp.where(bcast(improved, x), x_adv, x_best)
+        grad_best = jnp.where(bcast(improved, x), grad, grad_best)
+        loss_best = jnp.where(improved, value, loss_best)
+
+        ckpt = (i + 1) % window == 0
+        sp_curr = l0_norm(x_best - x).astype(jnp.float32)
+        new_step, sparser = l1_checkpoint_step(step, sp_curr, sp_old, max_step)
+        sparser = ckpt & sparser
+        step = jnp.where(ckpt, new_step, step)
+        topk = jnp.where(ckpt, sp_curr / n_fts / 1.5, topk)
+        sp_old = jnp.where(ckpt, sp_curr, sp_old)
+        x_adv = jnp.where(bcast(sparser, x), x_best, x_adv)
+        grad = jnp.where(bcast(sparser, x), grad_best, grad)
+        return (x_adv, grad, x_best, grad_best, loss_best, x_best_adv, acc, step, topk, sp_old)
+
+    carry = (x_adv, grad0, x_adv, grad0, loss0, x_adv, acc0, step0, topk, sp_old)
+    carry = jax.lax.fori_loop(0, num_iters, body, carry, unroll=unroll)
+    x_best, loss_best, x_best_adv, acc = carry[2], carry[4], carry[5], carry[6]
+    return x_best, acc, loss_best, x_best_adv
+
+
+def _decreasing_eps_run(
+    loss_grad: Callable, x: jax.Array, y: jax.Array, t: jax.Array, key: jax.Array, *,
+    eps: float, num_iters: int, unroll: int, noise: Optional[jax.Array] = None,
+) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Upstream ``decr_eps_pgd`` (``use_largereps``, L1 only): three L1 runs at
+    radii ``3 eps, 2 eps, eps`` (:func:`largereps_schedule`), each started
+    from the previous run's highest-loss point projected onto its ball.
+
+    The first start is ``x + noise`` (``noise ~ N(0, I)`` unless given; the
+    PyTorch cross-check passes the reference's draw) projected onto the
+    ``3 eps`` ball. As upstream, the returned flags and adversarial points
+    are those of the last (radius ``eps``) run only, so nothing found
+    outside the final ball counts.
+    """
+    k_noise, k_runs = jax.random.split(key)
+    if noise is None:
+        noise = jax.random.normal(k_noise, x.shape, x.dtype)
+    epss, iters = largereps_schedule(eps, num_iters)
+    x_start = x + noise
+    x_start = x_start + l1_box_projection(x, x_start - x, epss[0])
+    result = None
+    for j, (eps_j, iters_j) in enumerate(zip(epss, iters)):
+        x_start = x_start + l1_box_projection(x, x_start - x, eps_j)
+        result = _single_run_l1(loss_grad, x, y, t, jax.random.fold_in(k_runs, j), eps=eps_j,
+                                num_iters=iters_j, unroll=unroll, x_init=x_start)
+        x_start = result[0]
+    return result
+
+
+def _one_run(loss_grad, x, y, t, key, *, eps, norm, num_iters, rho, unroll, use_largereps):
+    """One APGD run as upstream ``perturb`` calls it: the large-reps schedule
+    when ``use_largereps`` (L1), ``attack_single_run`` otherwise."""
+    if use_largereps:
+        return _decreasing_eps_run(loss_grad, x, y, t, key, eps=eps, num_iters=num_iters,
+                                   unroll=unroll)
+    return _single_run(loss_grad, x, y, t, key, eps=eps, norm=norm, num_iters=num_iters,
+                       rho=rho, unroll=unroll)
+
+
+# --------------------------------------------------------------------------
 # Public attacks.
 # --------------------------------------------------------------------------
 
 
-def _validate(x, y, *, eps, norm, num_iters, restarts, rho, eot_iters, unroll) -> str:
+def check_largereps(norm: str, use_largereps: bool, num_iters: int) -> None:
+    """``use_largereps`` is upstream's L1-only schedule (``decr_eps_pgd``
+    asserts ``norm == 'L1'``); refused for the other norms."""
+    if not isinstance(use_largereps, bool):
+        raise ValueError(f"use_largereps must be True or False, got {use_largereps!r}")
+    if use_largereps and norm != "l1":
+        raise ValueError(
+            f"use_largereps=True is defined for norm 'l1' only (the reference's "
+            f"decreasing-eps schedule), got norm {norm!r}")
+    if use_largereps:
+        largereps_schedule(1.0, num_iters)  # raises for num_iters < 2
+
+
+def _validate(x, y, *, eps, norm, num_iters, restarts, rho, eot_iters, unroll,
+              use_largereps=False) -> str:
     check_common(x, y, eps)
     norm = canonical_norm(norm)
     val.check_int("num_iters", num_iters, min_value=1)
@@ -331,11 +520,12 @@ def _validate(x, y, *, eps, norm, num_iters, restarts, rho, eot_iters, unroll) -
     val.check_number("rho", rho, min_value=0.0, max_value=1.0)
     val.check_int("eot_iters", eot_iters, min_value=1)
     val.check_int("unroll", unroll, min_value=1)
+    check_largereps(norm, use_largereps, num_iters)
     return norm
 
 
 def _runs_until_all_broken(loss_grad, x, y, target_of_run, k_runs, to_fool, active, *,
-                           n_runs, eps, norm, num_iters, rho, unroll):
+                           n_runs, eps, norm, num_iters, rho, unroll, use_largereps):
     """Up to ``n_runs`` APGD runs, each on the points no earlier run broke.
 
     Upstream's ``perturb`` loop: run ``r`` aims at ``target_of_run(r)`` and
@@ -350,9 +540,10 @@ def _runs_until_all_broken(loss_grad, x, y, target_of_run, k_runs, to_fool, acti
 
     def body(c):
         r, acc, adv = c
-        _, acc_curr, _, adv_curr = _single_run(
+        _, acc_curr, _, adv_curr = _one_run(
             loss_grad, x, y, target_of_run(r), jax.random.fold_in(k_runs, r), eps=eps,
-            norm=norm, num_iters=num_iters, rho=rho, unroll=unroll)
+            norm=norm, num_iters=num_iters, rho=rho, unroll=unroll,
+            use_largereps=use_largereps)
         broken = acc & ~acc_curr
         return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
 
@@ -367,6 +558,7 @@ def apgd_with_flags(
     eps: float, norm: str = "linf", loss: str = "ce", num_iters: int = 100,
     restarts: int = 1, rho: float = 0.75, eot_iters: int = 1,
     active: Optional[jax.Array] = None, stochastic: bool = False, unroll: int = 1,
+    use_largereps: bool = False,
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`apgd` that also returns the per-point "still robust" flags.
 
@@ -374,7 +566,7 @@ def apgd_with_flags(
     misclassified (upstream ``acc``); inactive points keep ``True``.
     """
     norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
-                     rho=rho, eot_iters=eot_iters, unroll=unroll)
+                     rho=rho, eot_iters=eot_iters, unroll=unroll, use_largereps=use_largereps)
     val.check_choice("loss", loss, UNTARGETED_LOSSES)
     active = as_active(active, x.shape[0])
     loss_grad = _make_loss_grad(logits_fn, loss, stochastic, eot_iters)
@@ -383,7 +575,8 @@ def apgd_with_flags(
     to_fool = (jnp.argmax(logits, axis=-1) == y) & active
     return _runs_until_all_broken(
         loss_grad, x, y, lambda r: y, k_runs, to_fool, active, n_runs=restarts,
-        eps=eps, norm=norm, num_iters=num_iters, rho=rho, unroll=unroll)
+        eps=eps, norm=norm, num_iters=num_iters, rho=rho, unroll=unroll,
+        use_largereps=use_largereps)
 
 
 def apgd(
@@ -391,7 +584,7 @@ def apgd(
     eps: float, norm: str = "linf", loss: str = "ce", num_iters: int = 100,
     restarts: int = 1, rho: float = 0.75, eot_iters: int = 1,
     active: Optional[jax.Array] = None, best_loss: bool = False,
-    stochastic: bool = False, unroll: int = 1,
+    stochastic: bool = False, unroll: int = 1, use_largereps: bool = False,
 ) -> jax.Array:
     """Untargeted APGD (Croce & Hein 2020) on ``loss`` in ``("ce", "dlr")``.
 
@@ -400,13 +593,15 @@ def apgd(
         ``logits_fn(x, key)`` when ``stochastic`` (randomised defences).
       x, y: clean images and int labels.
       key: PRNG key (random starts; per-call keys for a stochastic model).
-      eps: radius of the threat model (L-inf or L2).
-      norm: ``"linf"`` (default) or ``"l2"``.
+      eps: radius of the threat model (L-inf, L2 or L1).
+      norm: ``"linf"`` (default), ``"l2"`` or ``"l1"`` (sparse steps and the
+        L1-ball-and-box projection; module docstring).
       loss: ``"ce"`` (default; APGD-CE) or ``"dlr"`` (APGD-DLR, >= 3 classes).
       num_iters: iterations per restart (100).
       restarts: random restarts (1); each restart attacks only the points not
         broken so far (upstream ``perturb``).
-      rho: oscillation threshold of condition (i) (0.75).
+      rho: oscillation threshold of condition (i) (0.75; unused for L1,
+        whose checkpoints look at sparsity instead, as upstream).
       eot_iters: gradients averaged per step for randomised models (1).
       active: boolean ``(B,)`` mask of points to attack; others are returned
         unchanged (None: all).
@@ -415,6 +610,10 @@ def apgd(
         point is attacked in every restart) instead of adversarial examples.
       stochastic: whether ``logits_fn`` takes a key.
       unroll: ``fori_loop`` unroll factor of the iteration loop.
+      use_largereps: L1 only: every run is upstream's decreasing-eps schedule
+        (radii 3, 2, 1 x eps over 30 + 30 + 40 of 100 iterations;
+        :func:`largereps_schedule`), as AutoAttack 'standard' runs L1. As
+        upstream, ``best_loss=True`` ignores it.
 
     Returns:
       ``x_adv`` (stop-gradient), same shape as ``x``: the last misclassified
@@ -424,11 +623,11 @@ def apgd(
         adv, _ = apgd_with_flags(
             logits_fn, x, y, key, eps=eps, norm=norm, loss=loss, num_iters=num_iters,
             restarts=restarts, rho=rho, eot_iters=eot_iters, active=active,
-            stochastic=stochastic, unroll=unroll)
+            stochastic=stochastic, unroll=unroll, use_largereps=use_largereps)
         return adv
 
     norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
-                     rho=rho, eot_iters=eot_iters, unroll=unroll)
+                     rho=rho, eot_iters=eot_iters, unroll=unroll, use_largereps=use_largereps)
     val.check_choice("loss", loss, UNTARGETED_LOSSES)
     active = as_active(active, x.shape[0])
     loss_grad = _make_loss_grad(logits_fn, loss, stochastic, eot_iters)
@@ -452,10 +651,11 @@ def apgd_targeted_with_flags(
     eps: float, norm: str = "linf", num_iters: int = 100, n_target_classes: int = 9,
     restarts: int = 1, rho: float = 0.75, eot_iters: int = 1, loss: str = "dlr_targeted",
     active: Optional[jax.Array] = None, stochastic: bool = False, unroll: int = 1,
+    use_largereps: bool = False,
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`apgd_targeted` that also returns the per-point "still robust" flags."""
     norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
-                     rho=rho, eot_iters=eot_iters, unroll=unroll)
+                     rho=rho, eot_iters=eot_iters, unroll=unroll, use_largereps=use_largereps)
     val.check_choice("loss", loss, TARGETED_LOSSES)
     val.check_int("n_target_classes", n_target_classes, min_value=1)
     k_clean, k_runs = jax.random.split(key)
@@ -482,7 +682,7 @@ def apgd_targeted_with_flags(
     return _runs_until_all_broken(
         loss_grad, x, y, target_of_run, k_runs, to_fool, active,
         n_runs=n_target_classes * restarts, eps=eps, norm=norm, num_iters=num_iters,
-        rho=rho, unroll=unroll)
+        rho=rho, unroll=unroll, use_largereps=use_largereps)
 
 
 def apgd_targeted(
@@ -490,6 +690,7 @@ def apgd_targeted(
     eps: float, norm: str = "linf", num_iters: int = 100, n_target_classes: int = 9,
     restarts: int = 1, rho: float = 0.75, eot_iters: int = 1, loss: str = "dlr_targeted",
     active: Optional[jax.Array] = None, stochastic: bool = False, unroll: int = 1,
+    use_largereps: bool = False,
 ) -> jax.Array:
     """Targeted APGD (APGD-T, Croce & Hein 2020) on the targeted DLR loss.
 
@@ -498,13 +699,14 @@ def apgd_targeted(
     ``targeted_dlr(z, y, t_j)`` on the points not yet broken; the first
     successful run sets a point's output (upstream ``APGDAttack_targeted``).
     Defaults as AutoAttack 'standard': 9 targets, 1 restart, 100 iterations,
-    rho 0.75. ``loss="ce_targeted"`` (``-CE(z, t)``) is upstream's alternative.
-    The other arguments are as in :func:`apgd`; needs >= 4 classes for DLR and
+    rho 0.75 (L1 'standard': 5 targets with ``use_largereps``).
+    ``loss="ce_targeted"`` (``-CE(z, t)``) is upstream's alternative. The
+    other arguments are as in :func:`apgd`; needs >= 4 classes for DLR and
     ``n_target_classes <= K - 1``.
     """
     adv, _ = apgd_targeted_with_flags(
         logits_fn, x, y, key, eps=eps, norm=norm, num_iters=num_iters,
         n_target_classes=n_target_classes, restarts=restarts, rho=rho,
         eot_iters=eot_iters, loss=loss, active=active, stochastic=stochastic,
-        unroll=unroll)
+        unroll=unroll, use_largereps=use_largereps)
     return adv

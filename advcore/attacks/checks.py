@@ -176,8 +176,8 @@ def _check_n_classes(n_cls: int, attacks_to_run: Sequence[str], apgd_targets: in
 
 def run_sanity_checks(
     logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
-    stochastic: bool = False, version: str = "standard",
-    attacks_to_run: Optional[Iterable[str]] = None, n_target_classes: int = 9,
+    stochastic: bool = False, version: str = "standard", norm: str = "linf",
+    attacks_to_run: Optional[Iterable[str]] = None, n_target_classes: Optional[int] = None,
     n_repeats: int = 5, alpha: float = 1e-4, warn: bool = False,
 ) -> list[str]:
     """Runs the pre-evaluation checks; returns a list of warning messages.
@@ -188,19 +188,22 @@ def run_sanity_checks(
         randomness is seen too.
       x, y: a batch of clean images and labels (e.g. the first 250).
       key: PRNG key for the stochastic calls.
-      version: the AutoAttack version to be run; as upstream, the randomness
-        check is skipped for ``"rand"``.
+      version, norm: the AutoAttack version and threat model to be run; as
+        upstream, the randomness check is skipped for ``"rand"``.
       attacks_to_run: attack names (default: the version's) for the class check.
-      n_target_classes: APGD-T / FAB-T targets (9).
+      n_target_classes: APGD-T / FAB-T targets (None: the version's, e.g. 9,
+        or 5 for APGD-T in L1 'standard').
       n_repeats, alpha: randomness check repeats (5) and tolerance (1e-4).
       warn: also emit each message through ``warnings.warn``.
 
     Returns:
       The warnings (empty for a plain deterministic logits model).
     """
-    from advcore.attacks.autoattack import version_attacks  # avoid an import cycle
+    from advcore.attacks.autoattack import check_config  # avoid an import cycle
 
-    attacks = tuple(version_attacks(version) if attacks_to_run is None else attacks_to_run)
+    config = check_config(norm=norm, version=version, attacks_to_run=attacks_to_run,
+                          n_target_classes=n_target_classes, warn=False)
+    attacks = config.attacks
     x = jnp.asarray(x)
     y = jnp.asarray(y)
     out: list[str] = []
@@ -211,7 +214,8 @@ def run_sanity_checks(
     graph_msgs, prims = _check_graph(logits_fn, x, key, stochastic)
     out += _check_zero_gradients(logits_fn, x, y, key, stochastic, prims)
     out += graph_msgs
-    out += _check_n_classes(logits.shape[-1], attacks, n_target_classes, n_target_classes)
+    out += _check_n_classes(logits.shape[-1], attacks, config.apgd_t_targets,
+                            config.fab_targets)
     if warn:
         for msg in out:
             warnings.warn(msg, stacklevel=2)

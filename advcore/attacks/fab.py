@@ -1,19 +1,20 @@
-"""FAB and targeted FAB (FAB-T) for the L-inf threat model, JAX-native (SPEC 4.5).
+"""FAB and targeted FAB (FAB-T) for the L-inf, L2 and L1 threat models, JAX-native.
 
 Reference: F. Croce and M. Hein, "Minimally distorted adversarial examples
 with a fast adaptive boundary attack", ICML 2020 (arXiv:1907.02044); the
 semantics follow ``fra31/auto-attack`` ``autoattack/fab_base.py`` /
-``fab_pt.py`` / ``fab_projections.py`` (``projection_linf``).
+``fab_pt.py`` / ``fab_projections.py`` (here ``fab_projections.py``).
 
-One FAB iteration at the current point ``x1`` (clean point ``x0``):
+One FAB iteration at the current point ``x1`` (clean point ``x0``), with
+``||.||`` the threat model's norm and ``||.||_*`` its dual (L1 for L-inf, L2
+for L2, L-inf for L1):
 
 1. linearise the decision boundary: FAB-T uses ``g = z_t - z_y`` (one VJP for
    the difference); untargeted FAB uses, among ``g_j = z_j - z_y``, the one
-   whose linearised boundary is closest in L-inf (``|g_j| / ||grad g_j||_1``,
-   a full Jacobian, i.e. one VJP per class);
-2. ``d1``, ``d0``: minimal-L-inf, box-constrained steps that take ``x1`` and
-   ``x0`` onto the hyperplane ``<w, z> = b`` (upstream ``projection_linf``,
-   vectorised here with a fixed-length bisection instead of a sort);
+   whose linearised boundary is closest (``|g_j| / ||grad g_j||_*``, a full
+   Jacobian, i.e. one VJP per class);
+2. ``d1``, ``d0``: minimal-norm, box-constrained steps that take ``x1`` and
+   ``x0`` onto the hyperplane ``<w, z> = b`` (``fab_projections``);
 3. ``x1 <- clip((x1 + eta d1)(1 - alpha) + (x0 + eta d0) alpha, 0, 1)``,
    ``alpha = clamp(||d1|| / (||d1|| + ||d0||), 0, alpha_max)``;
 4. if ``x1`` is misclassified: keep it if it is the closest adversarial point
@@ -23,7 +24,8 @@ Defaults: 100 iterations, alpha_max 0.1, eta 1.05, beta 0.9, 9 targets
 (classes ranked 2..10 by clean logit). A point counts as broken only if the
 returned point is misclassified and within ``eps`` (FAB minimises the norm;
 ``eps`` is the success threshold and the scale of the random restarts, which
-start at ``x0 + 0.5 eps u / ||u||_inf``, ``u ~ U[-1, 1]``).
+start at ``x0 + 0.5 eps u / ||u||``: ``u ~ U[-1, 1]`` for L-inf, ``N(0, 1)``
+for L2 and L1).
 
 JAX form: fixed shapes, ``lax.fori_loop`` over iterations, ``lax.while_loop``
 over (target, restart) runs that stops once no point is left to attack;
@@ -38,94 +40,19 @@ import jax
 import jax.numpy as jnp
 
 from advcore.attacks import _validation as val
-from advcore.attacks.apgd import as_active, bcast, call_logits, canonical_norm, check_common
+from advcore.attacks.apgd import as_active, check_common
+from advcore.attacks.fab_projections import projection_l1, projection_l2, projection_linf
+from advcore.attacks.norms import bcast, canonical_norm, flat_norm
 
-__all__ = ["fab", "fab_targeted", "projection_linf"]
+__all__ = ["fab", "fab_targeted", "projection_l1", "projection_l2", "projection_linf"]
+
+_PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1}
+# The dual norm measures the distance to a linearised boundary.
+_DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
 
 LogitsFn = Callable[..., jax.Array]
 
 _NO_ADV = 1e10  # upstream's "no adversarial point found yet" norm
-
-
-def _ordered_uint32(v: jax.Array) -> jax.Array:
-    """float32 -> uint32 with the same order (negative floats included)."""
-    bits = jax.lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32)
-    sign = bits >> 31
-    return jnp.where(sign == 1, ~bits, bits | jnp.uint32(0x80000000))
-
-
-def _from_ordered_uint32(u: jax.Array) -> jax.Array:
-    bits = jnp.where(u >> 31 == 1, u & jnp.uint32(0x7FFFFFFF), ~u)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def projection_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    """Minimal-L-inf step ``d`` with ``<w, t + d> = b`` and ``t + d`` in [0, 1]^D.
-
-    Upstream ``projection_linf`` (rows are independent): ``t``, ``w`` are
-    ``(N, D)``, ``b`` is ``(N,)``. When the hyperplane is not reachable
-    inside the box the result is the largest feasible step towards it
-    (upstream behaviour). Rows with ``w == 0`` get ``d = 0`` (upstream would
-    produce NaN there; this only matters for a model with a zero gradient).
-
-    Upstream sorts the breakpoints ``p`` and bisects over sorted positions
-    for the last one where ``b2(k) = sb[k] - s[k] p_(k)`` is below ``b``.
-    Every term of its prefix sums is ``|w_i| p_i``, so ``b2(k) = G(p_(k))``
-    with ``G(lam) = b0 + sum_i |w_i| max(p_i - lam, 0)``, non-increasing in
-    ``lam``, and the prefix up to that position is exactly ``{i: p_i >= lam*}``
-    with ``lam* = min{p_i : G(p_i) < b}`` (tied ``p`` add nothing). This form
-    finds ``lam*`` by bisection on the float32 order (32 steps of ``O(D)``
-    sums) instead of sorting: XLA:CPU's sort took about 8 ms for the 2 x 35
-    rows of 784 of a FAB-T iteration, a fifth of it. Same breakpoint, same
-    formulas; only the summation order differs.
-    """
-    dtype = t.dtype
-    t, w, b = (v.astype(jnp.float32) for v in (t, w, b))
-    sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1.0, -1.0)
-    w = w * sign[:, None]
-    b = b * sign
-    nonzero = (w != 0).astype(jnp.float32)
-    a = (w < 0).astype(jnp.float32)
-    d = (a - t) * nonzero
-    p = a - t * (2.0 * a - 1.0)
-    abs_w = jnp.abs(w)
-    b = b - jnp.sum(w * t, axis=1)
-    b0 = jnp.sum(w * d, axis=1)
-    s_all = jnp.sum(abs_w, axis=1)
-    sb_all = b0 + jnp.sum(abs_w * p, axis=1)
-    p_min = jnp.min(p, axis=1)
-    b2 = sb_all - s_all * p_min  # G(min p)
-    c_l = b - b2 > 0
-    c2 = (b - b0 > 0) & (b - b2 <= 0)
-
-    def g(lam):
-        return b0 + jnp.sum(abs_w * jnp.maximum(p - lam[:, None], 0.0), axis=1)
-
-    # On c2 rows G(max p) = b0 < b <= G(min p): keep G(lo) >= b > G(hi).
-    def bisect(_, bounds):
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        below = g(_from_ordered_uint32(mid)) < b
-        return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
-
-    lo0, hi0 = _ordered_uint32(p_min), _ordered_uint32(jnp.max(p, axis=1))
-    _, hi = jax.lax.fori_loop(0, 32, bisect, (lo0, hi0))
-    lam_c = _from_ordered_uint32(hi)
-    lam_star = jnp.min(jnp.where(p >= lam_c[:, None], p, jnp.inf), axis=1)
-    in_prefix = (p >= lam_star[:, None]).astype(jnp.float32)
-    s_lb = jnp.sum(abs_w * in_prefix, axis=1)
-    sb_lb = b0 + jnp.sum(abs_w * p * in_prefix, axis=1)
-
-    def safe_div(num, den):
-        ok = den != 0
-        return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
-
-    lmbd_l = jnp.maximum(safe_div(b - sb_all, -s_all), 0.0)
-    d_l = (2.0 * a - 1.0) * lmbd_l[:, None]
-    lmbd_2 = jnp.maximum(safe_div(b - sb_lb, -s_lb), 0.0)[:, None]
-    d_2 = jnp.minimum(lmbd_2, d) * a + jnp.maximum(-lmbd_2, d) * (1.0 - a)
-    d = jnp.where(c_l[:, None], d_l, jnp.where(c2[:, None], d_2, d))
-    return (d * nonzero).astype(dtype)
 
 
 def _target_diff_grad(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array,
@@ -142,10 +69,10 @@ def _target_diff_grad(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array,
     return df, dg
 
 
-def _closest_diff_grad(logits_fn: LogitsFn, x1: jax.Array,
-                       y: jax.Array) -> Tuple[jax.Array, jax.Array]:
+def _closest_diff_grad(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array,
+                       norm: str) -> Tuple[jax.Array, jax.Array]:
     """Untargeted FAB: the ``z_j - z_y`` (j != y) whose linearised boundary is
-    closest in L-inf, and its gradient (one VJP per class for the Jacobian)."""
+    closest in ``norm``, and its gradient (one VJP per class for the Jacobian)."""
     z, vjp = jax.vjp(logits_fn, x1)
     num_classes = z.shape[-1]
     eye = jnp.eye(num_classes, dtype=z.dtype)
@@ -157,46 +84,53 @@ def _closest_diff_grad(logits_fn: LogitsFn, x1: jax.Array,
     df = z - z[rows, y][:, None]
     dg = jac - jac[rows, y][:, None]
     df = df.at[rows, y].set(_NO_ADV)
-    dist = jnp.abs(df) / (1e-12 + jnp.sum(jnp.abs(dg.reshape(batch, num_classes, -1)), axis=-1))
+    dual = flat_norm(dg.reshape(batch * num_classes, -1), _DUAL[norm]).reshape(batch, num_classes)
+    dist = jnp.abs(df) / (1e-12 + dual)
     ind = jnp.argmin(dist, axis=1)
     return df[rows, ind], dg[rows, ind]
 
 
 def _single_run(
     logits_fn: LogitsFn, x: jax.Array, y: jax.Array, t: Optional[jax.Array],
-    key: jax.Array, rand_start: jax.Array, *, eps: float, num_iters: int,
+    key: jax.Array, rand_start: jax.Array, *, eps: float, norm: str, num_iters: int,
     alpha_max: float, eta: float, beta: float, unroll: int,
 ) -> jax.Array:
-    """Upstream ``attack_single_run`` (L-inf) for every point; returns the
-    closest adversarial point found, or ``x`` where none was found."""
+    """Upstream ``attack_single_run`` for every point; returns the closest
+    adversarial point found, or ``x`` where none was found."""
     batch = x.shape[0]
     flat = lambda v: v.reshape(batch, -1)  # noqa: E731
     x0 = flat(x)
-    u = jax.random.uniform(key, x.shape, x.dtype, minval=-1.0, maxval=1.0)
-    u_max = jnp.max(jnp.abs(flat(u)), axis=1)
     # res2 is 1e10 at the start of a run, so min(res2, eps) = eps (upstream).
-    x_rand = jnp.clip(x + 0.5 * eps * u / bcast(u_max, x), 0.0, 1.0)
-    x1 = jnp.where(rand_start, x_rand, x)
+    if norm == "linf":
+        u = jax.random.uniform(key, x.shape, x.dtype, minval=-1.0, maxval=1.0)
+        u_max = jnp.max(jnp.abs(flat(u)), axis=1)
+        x_rand = x + 0.5 * eps * u / bcast(u_max, x)
+    else:
+        u = jax.random.normal(key, x.shape, x.dtype)
+        # Upstream's operation order: eps * u / ||u|| * 0.5 (L2), / 2 (L1).
+        x_rand = x + eps * u / bcast(flat_norm(u, norm), x) * 0.5
+    x1 = jnp.where(rand_start, jnp.clip(x_rand, 0.0, 1.0), x)
+    projection = _PROJECTIONS[norm]
 
     def body(_, c):
         x1, adv, res2 = c
         if t is None:
-            df, dg = _closest_diff_grad(logits_fn, x1, y)
+            df, dg = _closest_diff_grad(logits_fn, x1, y, norm)
         else:
             df, dg = _target_diff_grad(logits_fn, x1, y, t)
         w = flat(dg)
         x1f = flat(x1)
         b = -df + jnp.sum(w * x1f, axis=1)
-        d3 = projection_linf(jnp.concatenate([x1f, x0], 0), jnp.concatenate([w, w], 0),
-                             jnp.concatenate([b, b], 0))
+        d3 = projection(jnp.concatenate([x1f, x0], 0), jnp.concatenate([w, w], 0),
+                        jnp.concatenate([b, b], 0))
         d1, d2 = d3[:batch], d3[batch:]
-        a0 = jnp.maximum(jnp.max(jnp.abs(d3), axis=1), 1e-8)
+        a0 = jnp.maximum(flat_norm(d3, norm), 1e-8)
         a1, a2 = a0[:batch], a0[batch:]
         alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
         x1f = jnp.clip((x1f + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
         x1 = x1f.reshape(x.shape)
         is_adv = jnp.argmax(logits_fn(x1), axis=-1) != y
-        dist = jnp.max(jnp.abs(x1f - x0), axis=1)
+        dist = flat_norm(x1f - x0, norm)
         better = is_adv & (dist < res2)
         adv = jnp.where(bcast(better, x), x1, adv)
         res2 = jnp.where(better, dist, res2)
@@ -208,21 +142,21 @@ def _single_run(
     return jnp.where(bcast(res2 < _NO_ADV, x), adv, x)
 
 
-def _validate(x, y, *, eps, norm, num_iters, restarts, alpha_max, eta, beta, unroll) -> None:
+def _validate(x, y, *, eps, norm, num_iters, restarts, alpha_max, eta, beta, unroll) -> str:
     check_common(x, y, eps)
-    if canonical_norm(norm) != "linf":
-        raise ValueError(f"norm must be 'linf' for FAB (L2/L1 are not implemented), got {norm!r}")
+    norm = canonical_norm(norm)
     val.check_int("num_iters", num_iters, min_value=1)
     val.check_int("restarts", restarts, min_value=1)
     val.check_number("alpha_max", alpha_max, min_value=0.0, max_value=1.0)
     val.check_number("eta", eta, min_value=0.0, strict=True)
     val.check_number("beta", beta, min_value=0.0, max_value=1.0)
     val.check_int("unroll", unroll, min_value=1)
+    return norm
 
 
 def _perturb(
     logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, targeted: bool,
-    eps: float, num_iters: int, n_target_classes: int, alpha_max: float, eta: float,
+    eps: float, norm: str, num_iters: int, n_target_classes: int, alpha_max: float, eta: float,
     beta: float, restarts: int, active: Optional[jax.Array], unroll: int,
 ) -> Tuple[jax.Array, jax.Array]:
     """Upstream ``FABAttack.perturb``: runs on still-robust points only; a
@@ -250,10 +184,10 @@ def _perturb(
             rank = 2 + r // restarts
             t = jax.lax.dynamic_index_in_dim(order, num_classes - rank, axis=1, keepdims=False)
         adv_curr = _single_run(
-            logits_fn, x, y, t, jax.random.fold_in(key, r), restart > 0, eps=eps,
+            logits_fn, x, y, t, jax.random.fold_in(key, r), restart > 0, eps=eps, norm=norm,
             num_iters=num_iters, alpha_max=alpha_max, eta=eta, beta=beta, unroll=unroll)
         still_ok = jnp.argmax(logits_fn(adv_curr), axis=-1) == y
-        too_far = jnp.max(jnp.abs((adv_curr - x).reshape(x.shape[0], -1)), axis=1) > eps
+        too_far = flat_norm(adv_curr - x, norm) > eps
         broken = acc & ~(still_ok | too_far)
         return r + 1, acc & ~broken, jnp.where(bcast(broken, x), adv_curr, adv)
 
@@ -268,10 +202,11 @@ def fab_targeted_with_flags(
     active: Optional[jax.Array] = None, unroll: int = 1,
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`fab_targeted` that also returns the per-point "still robust" flags."""
-    _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
-              alpha_max=alpha_max, eta=eta, beta=beta, unroll=unroll)
+    norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
+                     alpha_max=alpha_max, eta=eta, beta=beta, unroll=unroll)
     val.check_int("n_target_classes", n_target_classes, min_value=1)
-    return _perturb(logits_fn, x, y, key, targeted=True, eps=eps, num_iters=num_iters,
+    return _perturb(logits_fn, x, y, key, targeted=True, eps=eps, norm=norm,
+                    num_iters=num_iters,
                     n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta,
                     beta=beta, restarts=restarts, active=active, unroll=unroll)
 
@@ -282,7 +217,7 @@ def fab_targeted(
     alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, restarts: int = 1,
     active: Optional[jax.Array] = None, unroll: int = 1,
 ) -> jax.Array:
-    """Targeted FAB (FAB-T, Croce & Hein 2020), L-inf.
+    """Targeted FAB (FAB-T, Croce & Hein 2020), L-inf, L2 or L1.
 
     For each target rank ``j = 2 .. n_target_classes + 1`` (by clean logit)
     and restart, one FAB run on the points not broken yet; the first run whose
@@ -292,14 +227,14 @@ def fab_targeted(
       logits_fn: NHWC float images in [0, 1] -> logits ``(B, K)``.
       x, y: clean images and int labels.
       key: PRNG key (only used by restarts after the first).
-      eps: success radius (L-inf) and scale of random restarts.
-      norm: only ``"linf"``.
+      eps: success radius and scale of random restarts.
+      norm: ``"linf"`` (default), ``"l2"`` or ``"l1"``.
       num_iters: FAB iterations per run (100).
       n_target_classes: targets tried (9; needs ``<= K - 1``).
       alpha_max, eta, beta: FAB's step bias cap (0.1), overshoot (1.05) and
         backtracking factor (0.9).
       restarts: runs per target (1, as AutoAttack's FAB-T); restarts after
-        the first start at a random point ``0.5 eps`` away.
+        the first start at a random point ``0.5 eps`` away (in ``norm``).
       active: boolean ``(B,)`` mask of points to attack (None: all).
       unroll: ``fori_loop`` unroll factor.
 
@@ -321,9 +256,10 @@ def fab_with_flags(
     active: Optional[jax.Array] = None, unroll: int = 1,
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`fab` that also returns the per-point "still robust" flags."""
-    _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
-              alpha_max=alpha_max, eta=eta, beta=beta, unroll=unroll)
-    return _perturb(logits_fn, x, y, key, targeted=False, eps=eps, num_iters=num_iters,
+    norm = _validate(x, y, eps=eps, norm=norm, num_iters=num_iters, restarts=restarts,
+                     alpha_max=alpha_max, eta=eta, beta=beta, unroll=unroll)
+    return _perturb(logits_fn, x, y, key, targeted=False, eps=eps, norm=norm,
+                    num_iters=num_iters,
                     n_target_classes=1, alpha_max=alpha_max, eta=eta, beta=beta,
                     restarts=restarts, active=active, unroll=unroll)
 
@@ -334,7 +270,7 @@ def fab(
     eta: float = 1.05, beta: float = 0.9, restarts: int = 1,
     active: Optional[jax.Array] = None, unroll: int = 1,
 ) -> jax.Array:
-    """Untargeted FAB (Croce & Hein 2020), L-inf; AutoAttack 'plus' uses 5 restarts.
+    """Untargeted FAB (Croce & Hein 2020), L-inf / L2 / L1; AutoAttack 'plus' uses 5 restarts.
 
     Each iteration linearises the closest of the ``K - 1`` boundaries (a full
     input Jacobian: ``K`` VJPs). Arguments as in :func:`fab_targeted`.

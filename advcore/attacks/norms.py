@@ -1,6 +1,10 @@
-"""Threat-model helpers: random starts, step directions and projections.
+"""Threat-model helpers: norms, random starts, step directions and projections.
 
-Two threat models, L-inf and L2, each as small pure functions (the DeepMind
+Shared by every attack: PGD uses the L-inf and L2 threat models below; the
+AutoAttack family (APGD, FAB, Square) also uses L1 (:data:`ATTACK_NORMS`,
+:func:`flat_norm`, :func:`normalize`, :func:`l1_box_projection`).
+
+PGD's two threat models, L-inf and L2, are small pure functions (the DeepMind
 ``adversarial_robustness`` split between initialise/project functions):
 
 * ``*_init``: the random start. It is **not** clipped to the bounds: the
@@ -22,8 +26,12 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+# The threat models of PGD (random start, step direction and projection below).
 NORMS = ("linf", "l2")
+# The threat models of the AutoAttack family (APGD, FAB, Square, the cascade).
+ATTACK_NORMS = ("linf", "l2", "l1")
 RANDOM_STARTS = ("none", "uniform", "normal")
 
 # Guards the L2 normalisations against zero vectors (no NaN, zero step).
@@ -34,9 +42,12 @@ def _feature_axes(x: jax.Array) -> Tuple[int, ...]:
     return tuple(range(1, x.ndim))
 
 
-def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
+def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
     """Reshapes a per-example ``(B,)`` vector to broadcast against ``x``."""
     return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
+
+
+_bcast = bcast  # the older private name, used by pgd.py / cw_l2.py
 
 
 def l2_norm(v: jax.Array) -> jax.Array:
@@ -54,9 +65,38 @@ def l1_norm(v: jax.Array) -> jax.Array:
     return jnp.sum(jnp.abs(v), axis=_feature_axes(v))
 
 
+def l0_norm(v: jax.Array) -> jax.Array:
+    """Per-example number of non-zero entries, shape ``(B,)`` (int32)."""
+    return jnp.sum((v != 0).astype(jnp.int32), axis=_feature_axes(v))
+
+
+def flat_norm(v: jax.Array, norm: str) -> jax.Array:
+    """Per-example ``norm`` (``"linf"``, ``"l2"`` or ``"l1"``) over all non-batch axes."""
+    if norm == "linf":
+        return linf_norm(v)
+    if norm == "l2":
+        return l2_norm(v)
+    if norm == "l1":
+        return l1_norm(v)
+    raise ValueError(f"norm must be one of {ATTACK_NORMS}, got {norm!r}")
+
+
+def normalize(v: jax.Array, norm: str) -> jax.Array:
+    """``v / (||v|| + 1e-12)`` per example (AutoAttack's ``normalize``)."""
+    return v / bcast(flat_norm(v, norm) + TINY, v)
+
+
 def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def canonical_norm(norm: str, valid: Tuple[str, ...] = ATTACK_NORMS) -> str:
+    """Accepts ``"linf"``/``"Linf"``/``"l2"``/``"L2"``/``"l1"``/``"L1"`` (AutoAttack
+    spells them ``Linf``, ``L2``, ``L1``); returns the lower-case name."""
+    if not isinstance(norm, str) or norm.lower() not in valid:
+        raise ValueError(f"norm must be one of {valid}, got {norm!r}")
+    return norm.lower()
 
 
 # --------------------------------------------------------------------------
@@ -165,3 +205,66 @@ def project(
     if norm == "linf":
         return linf_project(x_adv, x0, eps, bounds)
     return l2_project(x_adv, x0, eps, bounds)
+
+
+# --------------------------------------------------------------------------
+# L1: projection onto the intersection of an L1 ball and the [0, 1] box.
+# --------------------------------------------------------------------------
+
+
+def l1_box_projection(x: jax.Array, delta: jax.Array, eps: float) -> jax.Array:
+    """AutoAttack's ``L1_projection``: the correction ``r`` with
+    ``||delta + r||_1 <= eps`` and ``0 <= x + delta + r <= 1``.
+
+    ``x`` (the centre, in [0, 1]) and ``delta`` have shape ``(B, ...)``; the
+    result has ``delta``'s shape. ``x + delta + r`` is the Euclidean
+    projection of ``x + delta`` onto the ball-box intersection: every
+    coordinate keeps its sign and loses magnitude ``clip(lam, -u_i, |delta_i|)``
+    where ``-u_i >= 0`` is what it must lose to re-enter the box and ``lam >= 0``
+    is the smallest value that brings the L1 norm to ``eps`` (``lam = 0``,
+    i.e. only the box clip, when that already suffices).
+
+    ``lam`` is found exactly as the reference does: the ``2 D`` breakpoints
+    ``-u_i`` and ``|delta_i|`` are sorted, the L1 norm at each breakpoint is
+    a prefix sum, a fixed ``ceil(log2(2 D))``-step bisection finds the
+    segment, and ``lam`` is interpolated inside it (same formulas, so the
+    same segment is chosen and the reference's handling of ties and of the
+    first segment is kept). Sorting costs ``O(D log D)`` per row.
+    """
+    shape = delta.shape
+    batch = shape[0]
+    xf = x.reshape(batch, -1).astype(jnp.float32)
+    yf = delta.reshape(batch, -1).astype(jnp.float32)
+    dim = xf.shape[1]
+    sigma = jnp.sign(yf)
+    # u <= 0: minus what a coordinate must lose to get back into [0, 1].
+    u = jnp.minimum(jnp.minimum(1.0 - xf - yf, xf + yf), 0.0)
+    lower = -jnp.abs(yf)
+    breakpoints = -jnp.concatenate([u, lower], axis=1)
+    order = jnp.argsort(breakpoints, axis=1)
+    bs = jnp.take_along_axis(breakpoints, order, axis=1)
+    bs_next = jnp.concatenate([bs[:, 1:], jnp.zeros((batch, 1), bs.dtype)], axis=1)
+    # +1 where a coordinate starts shrinking (its -u), -1 where it reaches 0.
+    slope = jnp.cumsum(jnp.where(order < dim, 1.0, -1.0), axis=1)
+    s1 = -jnp.sum(u, axis=1)
+    c = eps - jnp.sum(jnp.abs(yf), axis=1)
+    needs_shrink = s1 + c < 0
+    s = s1[:, None] + jnp.cumsum((bs_next - bs) * slope, axis=1)
+
+    n_bisect = int(np.ceil(np.log2(np.float32(2 * dim))))
+    rows = jnp.arange(batch)
+
+    def bisect(_, bounds):
+        lb, ub = bounds
+        mid = jnp.floor((lb + ub) / 2.0)
+        below = s[rows, mid.astype(jnp.int32)] + c < 0
+        return jnp.where(below, mid, lb), jnp.where(below, ub, mid)
+
+    lb0 = jnp.zeros((batch,), jnp.float32)
+    ub0 = jnp.full((batch,), 2 * dim - 1, jnp.float32)
+    lb, _ = jax.lax.fori_loop(0, n_bisect, bisect, (lb0, ub0))
+    lb = lb.astype(jnp.int32)
+    lam = (-s[rows, lb] - c) / slope[rows, lb + 1] + bs_next[rows, lb]
+    shrink = -jnp.minimum(jnp.maximum(-u, lam[:, None]), -lower)
+    d = jnp.where(needs_shrink[:, None], shrink, u)
+    return (sigma * d).reshape(shape).astype(delta.dtype)

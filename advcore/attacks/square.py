@@ -1,4 +1,4 @@
-"""Square Attack (L-inf), a query-only attack, JAX-native (SPEC 4.5).
+"""Square Attack, a query-only attack, JAX-native: L-inf here, L2 / L1 in ``square_lp``.
 
 Reference: M. Andriushchenko, F. Croce, N. Flammarion and M. Hein, "Square
 Attack: a query-efficient black-box adversarial attack via random search",
@@ -38,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from advcore.attacks import _validation as val
-from advcore.attacks.apgd import as_active, bcast, canonical_norm, check_common
+from advcore.attacks.apgd import as_active, check_common
+from advcore.attacks.norms import bcast, canonical_norm
 
-__all__ = ["square", "square_p_schedule"]
+__all__ = ["linf_init_draws", "linf_query_draws", "margin", "square", "square_p_schedule"]
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -73,13 +74,33 @@ def _side_table(n_queries: int, p_init: float, height: int, width: int,
     return sides
 
 
-def _margin(logits: jax.Array, y: jax.Array) -> jax.Array:
+def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
     """``z_y - max_{j != y} z_j`` per example (<= 0 iff misclassified)."""
     num_classes = logits.shape[-1]
     is_y = jax.nn.one_hot(y, num_classes, dtype=jnp.bool_)
     z_y = jnp.sum(jnp.where(is_y, logits, 0.0), axis=-1)
     z_other = jnp.max(jnp.where(is_y, -jnp.inf, logits), axis=-1)
     return z_y - z_other
+
+
+def linf_init_draws(key: jax.Array, batch: int, width: int, channels: int,
+                    dtype=jnp.float32) -> jax.Array:
+    """The L-inf init's random signs, one per (image, column, channel):
+    shape ``(B, 1, W, C)`` (vertical stripes)."""
+    return jnp.where(jax.random.bernoulli(key, 0.5, (batch, 1, width, channels)),
+                     1.0, -1.0).astype(dtype)
+
+
+def linf_query_draws(key: jax.Array, i, side, height: int, width: int,
+                     channels: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """L-inf query ``i``'s random draws (shared by the batch, as upstream):
+    the window offsets ``floor((H - s) U)``, ``floor((W - s) U)`` and a sign
+    per channel. A test replays them in the reference."""
+    k_h, k_w, k_s = jax.random.split(jax.random.fold_in(key, i), 3)
+    vh = jnp.floor((height - side) * jax.random.uniform(k_h)).astype(jnp.int32)
+    vw = jnp.floor((width - side) * jax.random.uniform(k_w)).astype(jnp.int32)
+    sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (channels,)), 1.0, -1.0)
+    return vh, vw, sign
 
 
 def square_with_flags(
@@ -89,12 +110,18 @@ def square_with_flags(
 ) -> Tuple[jax.Array, jax.Array]:
     """:func:`square` that also returns the per-point "still robust" flags."""
     check_common(x, y, eps)
-    if canonical_norm(norm) != "linf":
-        raise ValueError(f"norm must be 'linf' for Square (L2 is not implemented), got {norm!r}")
+    norm = canonical_norm(norm)
     val.check_int("n_queries", n_queries, min_value=1)
     val.check_number("p_init", p_init, min_value=0.0, strict=True, max_value=1.0)
     if x.ndim != 4:
         raise ValueError(f"x must be NHWC images (4-D), got shape {x.shape}")
+    if norm != "linf":
+        # Imported here: square_lp builds on this module's schedule and margin.
+        from advcore.attacks.square_lp import square_lp_with_flags
+
+        return square_lp_with_flags(logits_fn, x, y, key, eps=eps, norm=norm,
+                                    n_queries=n_queries, p_init=p_init, active=active,
+                                    rescale_schedule=rescale_schedule)
     batch, height, width, channels = x.shape
     active = as_active(active, batch)
     k_init, k_loop = jax.random.split(key)
@@ -102,10 +129,9 @@ def square_with_flags(
     clean_ok = jnp.argmax(logits_fn(x), axis=-1) == y
     to_fool = clean_ok & active
 
-    stripes = jnp.where(jax.random.bernoulli(k_init, 0.5, (batch, 1, width, channels)),
-                        1.0, -1.0).astype(x.dtype)
+    stripes = linf_init_draws(k_init, batch, width, channels, x.dtype)
     x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
-    margin_min = _margin(logits_fn(x_best), y)
+    margin_min = margin(logits_fn(x_best), y)
     sides = jnp.asarray(_side_table(n_queries, p_init, height, width, rescale_schedule))
     rows = jnp.arange(height)[:, None, None]
     cols = jnp.arange(width)[None, :, None]
@@ -118,17 +144,14 @@ def square_with_flags(
         i, margin_min, x_best = c
         querying = to_fool & (margin_min > 0)
         s = sides[i]
-        k_h, k_w, k_s = jax.random.split(jax.random.fold_in(k_loop, i), 3)
-        vh = jnp.floor((height - s) * jax.random.uniform(k_h)).astype(jnp.int32)
-        vw = jnp.floor((width - s) * jax.random.uniform(k_w)).astype(jnp.int32)
-        sign = jnp.where(jax.random.bernoulli(k_s, 0.5, (channels,)), 1.0, -1.0)
+        vh, vw, sign = linf_query_draws(k_loop, i, s, height, width, channels)
         window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
         delta = jnp.where(window, 2.0 * eps * sign, 0.0).astype(x.dtype)  # (H, W, C)
         x_new = jnp.clip(jnp.minimum(jnp.maximum(x_best + delta, x - eps), x + eps), 0.0, 1.0)
-        margin = _margin(logits_fn(x_new), y)
+        margin_new = margin(logits_fn(x_new), y)
         # With the margin loss, "loss improved" and "margin improved" coincide.
-        accept = querying & ((margin < margin_min) | (margin <= 0))
-        margin_min = jnp.where(accept, margin, margin_min)
+        accept = querying & ((margin_new < margin_min) | (margin_new <= 0))
+        margin_min = jnp.where(accept, margin_new, margin_min)
         x_best = jnp.where(bcast(accept, x), x_new, x_best)
         return i + 1, margin_min, x_best
 
@@ -145,15 +168,15 @@ def square(
     eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
     active: Optional[jax.Array] = None, rescale_schedule: bool = False,
 ) -> jax.Array:
-    """Square Attack (Andriushchenko et al. 2020), L-inf, margin loss.
+    """Square Attack (Andriushchenko et al. 2020), margin loss; L-inf, L2 or L1.
 
     Args:
       logits_fn: NHWC float images in [0, 1] -> logits ``(B, K)``; only
         forward passes are used.
       x, y: clean NHWC images and int labels.
       key: PRNG key (stripes init, per-query window and signs).
-      eps: L-inf radius.
-      norm: only ``"linf"``.
+      eps: radius of the threat model.
+      norm: ``"linf"`` (default), ``"l2"`` or ``"l1"`` (:mod:`advcore.attacks.square_lp`).
       n_queries: query budget per point (5000).
       p_init: initial fraction of pixels per square (0.8).
       active: boolean ``(B,)`` mask of points to attack (None: all).

@@ -185,7 +185,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="eps"):
         apgd(f, x, y, k, eps=-0.1)
     with pytest.raises(ValueError, match="norm"):
-        apgd(f, x, y, k, eps=0.1, norm="l1")
+        apgd(f, x, y, k, eps=0.1, norm="l0")
     with pytest.raises(ValueError, match="loss"):
         apgd(f, x, y, k, eps=0.1, loss="dlr_targeted")
     with pytest.raises(ValueError, match="n_target_classes"):

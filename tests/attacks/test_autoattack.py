@@ -146,8 +146,8 @@ def test_versions_and_arguments():
         autoattack(f, x, y, k, eps=0.1, version="fast")
     with pytest.raises(ValueError, match="attacks_to_run"):
         autoattack(f, x, y, k, eps=0.1, attacks_to_run=("pgd",))
-    with pytest.raises(ValueError, match="l2"):
-        autoattack(f, x, y, k, eps=0.1, norm="l2")
+    with pytest.raises(ValueError, match="l0"):
+        autoattack(f, x, y, k, eps=0.1, norm="l0")
     with pytest.raises(ValueError, match="eps"):
         autoattack(f, x, y, k, eps=-1.0)
 

@@ -162,7 +162,7 @@ def test_fab_bad_arguments():
     f = lambda z: jnp.zeros((z.shape[0], 4))  # noqa: E731
     x, y, k = jnp.zeros((2, 4, 4, 1)), jnp.zeros((2,), jnp.int32), jax.random.key(0)
     with pytest.raises(ValueError, match="norm"):
-        fab_targeted(f, x, y, k, eps=0.1, norm="l2")
+        fab_targeted(f, x, y, k, eps=0.1, norm="l0")
     with pytest.raises(ValueError, match="n_target_classes"):
         fab_targeted(f, x, y, k, eps=0.1, n_target_classes=4)
     with pytest.raises(ValueError, match="alpha_max"):
