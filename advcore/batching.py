@@ -1,5 +1,8 @@
 """Applying a jitted function to a whole dataset in fixed-size batches.
 
+``make_eval_fn`` builds the per-example "still correct after this attack"
+program that evaluation and the AutoAttack driver run over a dataset.
+
 Evaluation, latents, reconstructions and transfer all need the same loop:
 cut host arrays into batches of one static size (so the function compiles
 once), pad the last batch, convert uint8 images to floats, place the batch on
@@ -12,12 +15,17 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from advcore import parallel
 from advcore.data import to_float
+
+LogitsApply = Callable[[dict, jax.Array], jax.Array]
+Attack = Callable[..., jax.Array]
 
 
 def as_float_images(x: np.ndarray) -> np.ndarray:
@@ -96,3 +104,42 @@ def map_batches(
         out = parallel.fetch_to_host(fn(*args))
         outputs.append(jax.tree.map(lambda leaf, k=stop - start: np.asarray(leaf)[:k], out))
     return jax.tree.map(lambda *leaves: np.concatenate(leaves), *outputs)
+
+
+def is_shard_local(attack: Optional[Attack]) -> bool:
+    """Whether ``attack`` asks to run per device shard (``attack.shard_local``)."""
+    return bool(getattr(attack, "shard_local", False))
+
+
+def make_eval_fn(apply_fn: LogitsApply, attack: Optional[Attack], mesh: Mesh):
+    """jit(variables, images, labels, key) -> per-example correctness.
+
+    By default the attack is one program over the global batch, partitioned
+    by the compiler (its random draws do not depend on the device layout).
+    A ``shard_local`` attack (AutoAttack: ``advcore.attacks.autoattack``)
+    instead runs independently on each device's shard under ``jax.shard_map``
+    with the key folded with the device index: its cost depends on which
+    points are still robust (compaction, early exits), and a partitioned
+    program would gather the global batch for that and lose the parallelism.
+    Its random starts then depend on the number of devices (like upstream's
+    dependence on the batch size), not its per-point rules.
+    """
+
+    def run(variables, images, labels, key):
+        logits_fn = lambda x: apply_fn(variables, x)  # noqa: E731
+        x = images if attack is None else attack(logits_fn, images, labels, key)
+        return jnp.argmax(logits_fn(x), axis=-1) == labels
+
+    repl = parallel.replicated(mesh)
+    data = parallel.data_sharded(mesh)
+    if is_shard_local(attack) and mesh.devices.size > 1:
+        axis = mesh.axis_names[0]
+
+        def run_local(variables, images, labels, key):
+            return run(variables, images, labels,
+                       jax.random.fold_in(key, jax.lax.axis_index(axis)))
+
+        local = jax.shard_map(run_local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P()),
+                              out_specs=P(axis), check_vma=False)
+        return jax.jit(local, in_shardings=(repl, data, data, repl), out_shardings=data)
+    return jax.jit(run, in_shardings=(repl, data, data, repl), out_shardings=data)

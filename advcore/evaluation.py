@@ -19,6 +19,7 @@ names where one exists (``clean_acc``, ``robust_acc``, ``autoattack_acc``,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -27,58 +28,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from advcore import checkpoint as ckpt_lib
 from advcore import files, parallel, run_spec, tables
 from advcore.attacks import check_input_range, make_attack
-from advcore.batching import map_batches
+from advcore.attacks.autoattack_eval import run_autoattack
+from advcore.batching import is_shard_local, make_eval_fn, map_batches  # noqa: F401
 from advcore.data import load_split
 from advcore.version import __version__
 
 LogitsApply = Callable[[dict, jax.Array], jax.Array]
 Attack = Callable[..., jax.Array]
 
+log = logging.getLogger("advcore")
+
 THREAT_MODEL_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
-
-
-def is_shard_local(attack: Optional[Attack]) -> bool:
-    """Whether ``attack`` asks to run per device shard (``attack.shard_local``)."""
-    return bool(getattr(attack, "shard_local", False))
-
-
-def _make_eval_fn(apply_fn: LogitsApply, attack: Optional[Attack], mesh: Mesh):
-    """jit(variables, images, labels, key) -> per-example correctness.
-
-    By default the attack is one program over the global batch, partitioned
-    by the compiler (its random draws do not depend on the device layout).
-    A ``shard_local`` attack (AutoAttack: ``advcore.attacks.autoattack``)
-    instead runs independently on each device's shard under ``jax.shard_map``
-    with the key folded with the device index: its cost depends on which
-    points are still robust (compaction, early exits), and a partitioned
-    program would gather the global batch for that and lose the parallelism.
-    Its random starts then depend on the number of devices (like upstream's
-    dependence on the batch size), not its per-point rules.
-    """
-
-    def run(variables, images, labels, key):
-        logits_fn = lambda x: apply_fn(variables, x)  # noqa: E731
-        x = images if attack is None else attack(logits_fn, images, labels, key)
-        return jnp.argmax(logits_fn(x), axis=-1) == labels
-
-    repl = parallel.replicated(mesh)
-    data = parallel.data_sharded(mesh)
-    if is_shard_local(attack) and mesh.devices.size > 1:
-        axis = mesh.axis_names[0]
-
-        def run_local(variables, images, labels, key):
-            return run(variables, images, labels,
-                       jax.random.fold_in(key, jax.lax.axis_index(axis)))
-
-        local = jax.shard_map(run_local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P()),
-                              out_specs=P(axis), check_vma=False)
-        return jax.jit(local, in_shardings=(repl, data, data, repl), out_shardings=data)
-    return jax.jit(run, in_shardings=(repl, data, data, repl), out_shardings=data)
 
 
 def _make_transfer_fn(target_apply: LogitsApply, source_apply: LogitsApply,
@@ -105,6 +69,7 @@ def evaluate_classifier(
     key: Optional[jax.Array] = None,
     progress: bool = False,
     transfer_source: Optional[tuple[LogitsApply, dict]] = None,
+    resume_dir: Optional[str] = None,
 ) -> dict[str, float]:
     """Clean and robust accuracy (in %) of ``apply_fn(variables, x)``.
 
@@ -117,9 +82,16 @@ def evaluate_classifier(
       batch_size: global batch size; the last batch is padded and masked.
       transfer_source: ``(source_apply_fn, source_variables)``: craft every
         attack on this model and score ``apply_fn`` on the result (black box).
+      resume_dir: run each AutoAttack cascade (``aa_*``) through the resumable
+        driver (``advcore.attacks.autoattack_eval``), its state in
+        ``<resume_dir>/<name>.state.json``: per-point flags and finished stages
+        are saved after every stage, so a killed evaluation does not redo
+        them, and each stage's robust accuracy and time are logged.
 
     Returns:
-      ``{'clean': acc, <attack>: acc, ..., 'worst_case': acc, 'n': N}``.
+      ``{'clean': acc, <attack>: acc, ..., 'worst_case': acc, 'n': N}`` (and
+      ``autoattack_stages``: each resumable cascade's per-stage accuracies
+      and times).
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
     key = jax.random.PRNGKey(0) if key is None else key
@@ -130,13 +102,24 @@ def evaluate_classifier(
     _check_pixel_range(images)
 
     correct: dict[str, np.ndarray] = {}
+    stage_log: dict[str, dict] = {}
     for name, attack in {"clean": None, **attacks}.items():
+        if resume_dir is not None and transfer_source is None and _is_cascade(attack):
+            # The resumable driver: stage by stage over the whole dataset,
+            # per-point flags saved after every stage, the reference's log.
+            result = run_autoattack(
+                apply_fn, variables, images, labels, mesh=mesh, key=jax.random.fold_in(key, 1),
+                batch_size=batch_size, state_path=os.path.join(resume_dir, f"{name}.state.json"),
+                log=_log_line, **_cascade_args(attack))
+            correct[name] = np.asarray(result["robust_flags"], bool)
+            stage_log[name] = {k: v for k, v in result.items() if k != "robust_flags"}
+            continue
         if transfer_source is not None and attack is not None:
             fn = _make_transfer_fn(apply_fn, transfer_source[0], attack, mesh)
             source_vars = transfer_source[1]
             run = lambda x, y, k, fn=fn: fn(variables, source_vars, x, y, k)  # noqa: E731
         else:
-            fn = _make_eval_fn(apply_fn, attack, mesh)
+            fn = make_eval_fn(apply_fn, attack, mesh)
             run = lambda x, y, k, fn=fn: fn(variables, x, y, k)  # noqa: E731
         correct[name] = map_batches(run, (images, labels), batch_size=batch_size, mesh=mesh,
                                     key=key, progress=progress, desc=name)
@@ -144,7 +127,30 @@ def evaluate_classifier(
     result = {name: 100.0 * float(c.mean()) for name, c in correct.items()}
     result["worst_case"] = 100.0 * float(np.logical_and.reduce(list(correct.values())).mean())
     result["n"] = n
+    if stage_log:
+        result["autoattack_stages"] = stage_log
     return result
+
+
+def _is_cascade(attack: Optional[Attack]) -> bool:
+    return getattr(attack, "name", "") in ("aa_standard", "aa_plus", "aa_rand")
+
+
+_DRIVER_ARGS = ("eps", "norm", "version", "attacks_to_run", "num_iters", "n_queries",
+                "n_target_classes", "restarts", "use_largereps", "unroll")
+
+
+def _cascade_args(attack: Attack) -> dict:
+    params = dict(attack.params)
+    if params.get("stochastic"):
+        raise ValueError(f"{attack.name}: a randomised model's AutoAttack cannot be resumed "
+                         "stage by stage; evaluate it without a resume directory")
+    return {k: v for k, v in params.items() if k in _DRIVER_ARGS}
+
+
+def _log_line(message: str) -> None:
+    if parallel.is_main_process():
+        log.info("%s", message)
 
 
 def _check_pixel_range(images: np.ndarray) -> None:
@@ -273,7 +279,8 @@ def evaluate_model(
     result = evaluate_classifier(
         apply_fn, variables, test.images, test.labels, attack_fns, batch_size=batch_size,
         key=jax.random.PRNGKey(seed), progress=progress,
-        transfer_source=None if transfer is None else transfer[:2])
+        transfer_source=None if transfer is None else transfer[:2],
+        resume_dir=None if out_prefix is None else out_prefix + "_state")
     threat = threat_model_record(dataset["name"], split, threat_model["norm"],
                                  threat_model["eps"], attack_fns, n=result["n"], seed=seed,
                                  transfer_source=None if transfer is None else transfer[2])
@@ -308,10 +315,10 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def result_payload(label: str, result: Mapping[str, float], threat: Mapping[str, Any],
+def result_payload(label: str, result: Mapping[str, Any], threat: Mapping[str, Any],
                    seconds: Optional[float] = None) -> dict:
     """JSON payload: accuracies with RobustBench's names plus the threat model."""
-    accs = {k: v for k, v in result.items() if k not in ("n",)}
+    accs = {k: v for k, v in result.items() if k not in ("n", "autoattack_stages")}
     payload = {
         "model": label,
         "clean_acc": accs.get("clean"),
@@ -322,6 +329,8 @@ def result_payload(label: str, result: Mapping[str, float], threat: Mapping[str,
     for name in accs:
         if name.startswith("aa_"):
             payload["autoattack_acc"] = accs[name]
+    if result.get("autoattack_stages"):
+        payload["autoattack_stages"] = result["autoattack_stages"]
     if seconds is not None:
         payload["seconds"] = seconds
     return payload

@@ -8,7 +8,7 @@
    settings and stage functions as the jitted :func:`autoattack`), the points
    still robust are gathered and packed into batches of ``batch_size``; each
    batch is attacked (every device attacks its own shard, with the batch key
-   folded with the device index, exactly as ``advcore.evaluate`` runs
+   folded with the device index, exactly as ``advcore.evaluation`` runs
    ``shard_local`` attacks) and a point is broken when the model
    misclassifies the stage's output;
 3. after each stage the robust accuracy and the elapsed time are reported
@@ -37,7 +37,7 @@ Returns ``{"clean": acc, "<stage>": robust acc after it, ..., "robust": acc,
 where nothing is robust any more are skipped as in the reference (logged;
 their accuracy is 0 and their time 0). Deterministic for a fixed key and
 device count. Deterministic (key-free) models only: ``apply_fn(variables,
-x) -> logits`` in eval mode, as ``advcore.evaluate`` uses.
+x) -> logits`` in eval mode, as ``advcore.evaluation`` uses.
 
 Example::
 
@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from advcore import evaluate, parallel
+from advcore import batching, parallel
 from advcore.attacks import _validation as val
 from advcore.attacks.autoattack import AutoAttackConfig, check_config, make_stage
 
@@ -170,15 +170,15 @@ def _as_float_images(x: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _eval_fn(apply_fn: LogitsApply, stage: Optional[str], config: AutoAttackConfig, eps: float,
              unroll: int, mesh: Mesh):
-    """``advcore.evaluate``'s jitted eval function for the clean pass
+    """``advcore.batching.make_eval_fn``'s jitted eval function for the clean pass
     (``stage=None``) or one stage; cached so that repeated and resumed runs
     reuse the compiled programs."""
     attack = None if stage is None else _stage_attack(stage, config, eps, unroll)
-    return evaluate._make_eval_fn(apply_fn, attack, mesh)
+    return batching.make_eval_fn(apply_fn, attack, mesh)
 
 
 def _stage_attack(name: str, config: AutoAttackConfig, eps: float, unroll: int):
-    """The stage as an ``advcore.evaluate`` attack ``(logits_fn, x, y, key) ->
+    """The stage as an ``advcore.evaluation`` attack ``(logits_fn, x, y, key) ->
     x_adv``, run per device shard (``shard_local``) like the registry's
     AutoAttack. Every row it is given is attacked (padding rows too)."""
 
@@ -194,7 +194,7 @@ def _stage_attack(name: str, config: AutoAttackConfig, eps: float, unroll: int):
 def _run_batches(fn, variables, images, labels, rows: np.ndarray, batch_size: int,
                  mesh: Mesh, key_of_batch: Callable[[int], jax.Array], first_batch: int,
                  on_batch: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
-    """Runs ``fn`` (an ``advcore.evaluate`` eval function) over ``rows`` in
+    """Runs ``fn`` (an ``advcore.batching.make_eval_fn`` function) over ``rows`` in
     batches of ``batch_size`` (the last padded with its last row) and hands
     each batch's rows and "still correct" flags to ``on_batch``."""
     n_batches = math.ceil(len(rows) / batch_size)

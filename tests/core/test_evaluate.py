@@ -115,3 +115,29 @@ def test_cli_refuses_a_bad_cpu_device_count(tmp_path):
     assert proc.returncode != 0
     assert "--cpu_devices must be >= 0, got -1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_autoattack_runs_resumably_stage_by_stage_when_given_a_directory(tmp_path):
+    from advcore.attacks import make_attack
+
+    rng = np.random.default_rng(2)
+    n = 24
+    x = rng.uniform(size=(n, 4, 4, 1)).astype(np.float32)
+    w = rng.normal(size=(16, 10)).astype(np.float32)
+    y = (x.reshape(n, -1) @ w).argmax(-1).astype(np.int32)
+    aa = make_attack("aa_standard", eps=0.05, num_steps=5, n_queries=20)
+    kwargs = dict(batch_size=8, mesh=parallel.make_mesh(), key=jax.random.PRNGKey(0),
+                  resume_dir=str(tmp_path / "state"))
+    first = evaluate.evaluate_classifier(linear_apply, {"w": jnp.asarray(w)}, x, y,
+                                         {"aa_standard": aa}, **kwargs)
+    state = json.load(open(tmp_path / "state" / "aa_standard.state.json"))
+    assert state["finished"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    stages = first["autoattack_stages"]["aa_standard"]
+    # Robust accuracy never rises along the cascade, and the table's number
+    # is the last stage's.
+    order = [stages["clean"]] + [stages[s] for s in state["finished"]]
+    assert all(a >= b for a, b in zip(order, order[1:]))
+    assert first["aa_standard"] == pytest.approx(stages["robust"])
+    again = evaluate.evaluate_classifier(linear_apply, {"w": jnp.asarray(w)}, x, y,
+                                         {"aa_standard": aa}, **kwargs)
+    assert again["aa_standard"] == first["aa_standard"]  # read back from the saved state
