@@ -93,9 +93,11 @@ def assert_same_step(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), **FP32_TOL)
 
 
-# padding 0 takes the padded-and-sliced path (advcore.backend docstring).
-@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 3),
-                                              (2, 0, 3), (1, 0, 5)])
+# padding 0 takes the padded-and-sliced path, a 1x1 kernel with padding 0 the
+# matrix-product path (advcore.backend docstring); 9x9 inputs leave a
+# remainder row at stride 2, which both must drop as the convolution does.
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 1),
+                                              (1, 1, 1), (1, 0, 3), (2, 0, 3), (1, 0, 5)])
 def test_canonical_conv_vjp_equals_jax(stride, padding, k):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 4, 6))
@@ -113,6 +115,22 @@ def test_canonical_conv_vjp_equals_jax(stride, padding, k):
         0, 2, lambda i, z: z + 0.1 * jax.grad(f(fn))(z, w), x))
     np.testing.assert_allclose(loop(backend.plain_conv2d)(x, w), loop(backend.canonical_conv2d)(x, w),
                                **FP32_TOL)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_unpadded_pointwise_conv_is_a_matrix_product(stride):
+    # The point of the 1x1 rewrite: no convolution is left for XLA:CPU to run
+    # in its generic loop, neither forward nor in either gradient.
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 4, 6))
+
+    def loss(x, w):
+        return jnp.sum(backend.canonical_conv2d(x, w, (stride, stride), ((0, 0), (0, 0))) ** 2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+    with pytest.raises(ValueError, match="1x1 HWIO kernel"):
+        backend.pointwise_conv2d(x, jnp.ones((3, 3, 4, 6)), (1, 1))
 
 
 def test_cpu_rewrite_selection():
