@@ -273,29 +273,55 @@ def compile_once(fn: Callable, *args: Any) -> Any:
     return compiled(*args)
 
 
-# XLA:CPU flags this workload runs fastest with (bench/RESULTS.md, "XLA:CPU
-# settings"). Empty: none of the measured flags helped the LBGAT step and PGD
-# evaluation on both machines (see there for the figures).
+# XLA:CPU flags ``configure_cpu`` applies (CLI processes call it before JAX
+# starts its backend). Empty, on purpose: bench/RESULTS.md, "XLA:CPU
+# settings", has the measurements and commands.
+#
+# jaxlib 0.10.2 runs every fp32 convolution as a single-threaded YNNPACK
+# fusion: one 3x3 convolution (B=32, 32x32, 64->64) ran at 132 / 133 / 34
+# GFLOP/s (forward / input gradient / weight gradient) on a 2-core Intel Xeon
+# with AMX. ``--xla_cpu_experimental_ynn_fusion_type=individual_dot`` sends
+# convolutions back to Eigen, which uses every core: 263 / 265 / 151 GFLOP/s,
+# and the LBGAT step (WRN-16-4 pair, B=32, one device) 1.09x, PGD-20
+# evaluation 1.40x faster. It is not kept because it changes the numbers:
+# with it, the fp32 input gradient through a train-mode BatchNorm network
+# (conv -> BN -> ReLU -> conv -> BN, or WRN-16-4) is 1-4% (of its largest
+# entry) away from a float64 reference, against 1e-6 with the default
+# flags, and the LBGAT step misses the plain step's 1e-5 tolerance
+# (tests/lbgat/test_step_equivalence.py runs that check for any flag added
+# here). Simulating one device per core (``num_devices``) gains as much
+# without touching numerics: 1.32x on the step, 1.43x on PGD-20 there; with
+# that, ``individual_dot`` made the step 19% slower again. Flags that relax
+# float semantics (``--xla_cpu_enable_fast_math``) are excluded;
+# ``--xla_cpu_use_onednn`` changed nothing measurable and
+# ``--xla_cpu_use_thunk_runtime`` is a no-op (deprecated) in this jaxlib.
 CPU_XLA_FLAGS: tuple[str, ...] = ()
 
 
-def configure_cpu(num_devices: Optional[int] = None, xla_flags: Sequence[str] = CPU_XLA_FLAGS
-                  ) -> None:
+def configure_cpu(num_devices: Optional[int] = None,
+                  xla_flags: Optional[Sequence[str]] = None) -> None:
     """Sets the XLA:CPU process settings; call before the first JAX operation.
 
     Args:
       num_devices: CPU devices to simulate (``jax_num_cpu_devices``). On a CPU,
         attacks with data-dependent cost (AutoAttack) run about twice as fast
         with one device per core, because intra-op threading cannot split
-        their small batches. None leaves JAX's default (1).
-      xla_flags: flags appended to ``XLA_FLAGS`` (existing ones are kept).
-        Flags are read when the backend starts, so later calls cannot change
-        a running process.
+        their small batches; the LBGAT step and PGD evaluation ran 1.3-1.4x
+        faster too, because XLA:CPU's convolutions run on one thread per
+        device (``CPU_XLA_FLAGS``). None leaves JAX's default (1).
+      xla_flags: flags appended to ``XLA_FLAGS``; None: ``CPU_XLA_FLAGS``. A
+        flag whose name ``XLA_FLAGS`` already sets is left as the user set
+        it. Flags are read when the backend starts, so later calls cannot
+        change a running process.
     """
     if num_devices is not None:
         if not isinstance(num_devices, int) or isinstance(num_devices, bool) or num_devices < 1:
             raise ValueError(f"num_devices must be an int >= 1, got {num_devices!r}")
         jax.config.update("jax_num_cpu_devices", num_devices)
-    if xla_flags:
-        existing = os.environ.get("XLA_FLAGS", "").split()
-        os.environ["XLA_FLAGS"] = " ".join(existing + [f for f in xla_flags if f not in existing])
+    if xla_flags is None:
+        xla_flags = CPU_XLA_FLAGS
+    existing = os.environ.get("XLA_FLAGS", "").split()
+    set_names = {f.split("=", 1)[0] for f in existing}
+    added = [f for f in xla_flags if f.split("=", 1)[0] not in set_names]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join(existing + added)

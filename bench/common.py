@@ -344,8 +344,9 @@ def prepare_child(spec: dict) -> dict[str, float]:
 
     from advcore import backend
 
-    flags = tuple(spec.get("xla_flags", "").split())
-    backend.configure_cpu(spec.get("devices") or None, xla_flags=flags)
+    flags = spec.get("xla_flags")
+    backend.configure_cpu(spec.get("devices") or None,
+                          xla_flags=None if flags is None else tuple(flags.split()))
     backend.set_cpu_rewrites(REWRITES[spec.get("rewrites", "default")])
     cache_events = {"cache_hits": 0, "cache_misses": 0}
     if spec.get("compilation_cache_dir"):
@@ -449,8 +450,8 @@ def common_parser(description: str, *, steps: int, warmup: int) -> argparse.Argu
                              "set through advcore.backend.configure_cpu)")
     parser.add_argument("--xla_flags", action="append", default=None, metavar="FLAGS",
                         help="one set of XLA flags to compare; repeat the option for several "
-                             "sets. 'library' = advcore.backend.CPU_XLA_FLAGS (what the command "
-                             "lines use; the default), 'none' = XLA's own defaults")
+                             "sets. 'library' = advcore.backend.CPU_XLA_FLAGS, as the command "
+                             "lines apply them (the default); 'none' = XLA's own defaults")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the whole grid this many times, interleaved (every other "
                              "round in reverse order), and summarise each configuration's "
@@ -468,25 +469,22 @@ def common_parser(description: str, *, steps: int, warmup: int) -> argparse.Argu
     return parser
 
 
-def library_xla_flags() -> str:
-    from advcore import backend
-
-    return " ".join(backend.CPU_XLA_FLAGS)
-
-
-def xla_flag_sets(values: Optional[Sequence[str]]) -> list[tuple[str, str]]:
-    """``--xla_flags`` values -> ``[(label, flags)]``."""
-    sets = []
+def xla_flag_sets(values: Optional[Sequence[str]]) -> list[Optional[str]]:
+    """``--xla_flags`` values -> flag strings; None: the library's choice."""
+    sets: list[Optional[str]] = []
     for value in values or ["library"]:
         value = value.strip()
-        if value == "library":
-            sets.append(("library" + (f" ({library_xla_flags()})" if library_xla_flags()
-                                      else " (none)"), library_xla_flags()))
-        elif value in ("none", ""):
-            sets.append(("none", ""))
-        else:
-            sets.append((value, value))
+        sets.append(None if value == "library" else "" if value == "none" else value)
     return sets
+
+
+def xla_flags_label(flags: Optional[str]) -> str:
+    """How a flag set shows in the tables; the library's says what it resolves to."""
+    if flags is None:
+        from advcore import backend
+
+        return f"library ({' '.join(backend.CPU_XLA_FLAGS) or 'none'})"
+    return flags or "none"
 
 
 def config_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
@@ -501,9 +499,10 @@ def config_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
         devices = []
     if not devices or min(devices) < 1:
         parser.error(f"--devices: got {args.devices!r}; expected a comma list of ints >= 1")
-    return [{"rewrites": r, "devices": d, "xla_flags_label": label, "xla_flags": flags}
-            for r, d, (label, flags) in itertools.product(
-                rewrites, devices, xla_flag_sets(args.xla_flags))]
+    return [{"rewrites": r, "devices": d, "xla_flags_label": xla_flags_label(flags),
+             "xla_flags": flags}
+            for r, d, flags in itertools.product(rewrites, devices,
+                                                 xla_flag_sets(args.xla_flags))]
 
 
 def cache_dir_for(option: str, parser: argparse.ArgumentParser) -> str:
