@@ -455,7 +455,8 @@ def common_parser(description: str, *, steps: int, warmup: int) -> argparse.Argu
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the whole grid this many times, interleaved (every other "
                              "round in reverse order), and summarise each configuration's "
-                             "median and its ratio to the first configuration round by round")
+                             "median and its ratio to its baseline round by round (see "
+                             "summarize)")
     parser.add_argument("--compilation_cache", default="off",
                         help="JAX's persistent compilation cache for the measured processes: "
                              "'off', 'fresh' (a new empty directory: round 1 compiles, later "
@@ -581,7 +582,7 @@ def run_benchmark(bench: Benchmark, argv: Optional[list[str]] = None) -> list[di
                            details=bench.details)
     print()
     print_table(records, bench.columns)
-    summary = summarize(records, varying_keys(grid)) if len(records) > 1 else []
+    summary = summarize(records, varying_keys(grid)) if args.rounds > 1 else []
     if summary:
         print()
         print_table(summary, SUMMARY_COLUMNS)
@@ -754,11 +755,12 @@ def payload_section(payload: dict, columns: list) -> str:
         if r.get("flops_per_step") and "achieved_gflops_cpu_est" not in r:
             add_flop_rates(r, r.get("peak_gflops_assumed"))
     out += table_lines(payload["records"], columns)
-    if payload.get("summary"):
+    if payload.get("summary") and max(r.get("round", 1) for r in payload["records"]) > 1:
         out += ["", "Over the interleaved rounds:", ""]
         out += table_lines(payload["summary"], SUMMARY_COLUMNS)
     if any(r.get("compilation_cache_dir") for r in payload["records"]):
-        out += ["", "Compilation cache (one fresh directory; each row one process):", ""]
+        out += ["", "Compilation cache (`--compilation_cache`; one row per process, in the "
+                "order they ran):", ""]
         out += table_lines(payload["records"], COMPILE_COLUMNS)
     return "\n".join(out)
 
