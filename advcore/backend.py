@@ -26,9 +26,9 @@ benchmark agree on it; ``bench/RESULTS.md`` has the measurements):
   and the extra output row is dropped: the kept outputs are the same sums.
 * **Unpadded 1x1 convolutions as matrix products** (a strided slice, then a
   dot). Through the padded path above their weight gradient ran in XLA's
-  generic loop: for WRN-16-4's 16->64 shortcut at B=32, 77 ms against 2 ms
-  as a dot (on an Intel Xeon with AMX), about 5% of an LBGAT step; the
-  forward pass and the input gradient are 1.5-2x faster as dots too.
+  generic loop: for WRN-16-4's 16->64 shortcut at B=32, 76 ms against 2.6 ms
+  as a dot (JAX's own VJP: 8 ms) on a 2-core Intel Xeon, about 3% of an
+  LBGAT step; the input gradients are faster as dots too.
 * **Max pooling as reshape + max** with PyTorch's first-maximum gradient:
   ``reduce_window``'s gradient (``select_and_scatter``) took a fifth of a
   SmallCNN attack step.
