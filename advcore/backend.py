@@ -1,7 +1,7 @@
 """Backend-specific speed-ups, in one opt-in place; model definitions stay plain Flax.
 
 The models in ``advcore.models`` are written with plain ``lax`` convolutions
-and ``nn.max_pool``. On the CPU backend XLA runs three of their parts slowly,
+and ``nn.max_pool``. On the CPU backend XLA runs some of their parts slowly,
 so the runtime (``advcore.variables.apply_train`` / ``apply_eval``, hence
 every training step, attack and evaluation of the library) rewrites those
 parts while it traces a model, through a Flax method interceptor. Code that
