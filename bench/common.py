@@ -51,6 +51,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -459,8 +460,8 @@ def common_parser(description: str, *, steps: int, warmup: int) -> argparse.Argu
                              "summarize)")
     parser.add_argument("--compilation_cache", default="off",
                         help="JAX's persistent compilation cache for the measured processes: "
-                             "'off', 'fresh' (a new empty directory: round 1 compiles, later "
-                             "rounds load) or a directory")
+                             "'off', 'fresh' (a new empty temporary directory, removed at the "
+                             "end: round 1 compiles, later rounds load) or a directory")
     parser.add_argument("--variant", default="", help="a free label for this run's rows")
     parser.add_argument("--peak_gflops", type=float, default=0.0,
                         help="peak for the fraction-of-peak column (0 = backend default)")
@@ -554,8 +555,8 @@ def run_benchmark(bench: Benchmark, argv: Optional[list[str]] = None) -> list[di
 
     The parent runs every configuration (the script's grid x the common
     settings) in its own process, ``--rounds`` times, saves the records and
-    prints the table (and, with several configurations or rounds, the
-    summary). Returns the records (empty in a child).
+    prints the table (and, with several rounds, the summary). Returns the
+    records (empty in a child).
     """
     argv = sys.argv[1:] if argv is None else argv
     if serve_child(argv, bench.run_child):
@@ -565,21 +566,16 @@ def run_benchmark(bench: Benchmark, argv: Optional[list[str]] = None) -> list[di
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds: got {args.rounds}; expected an int >= 1")
+    own_specs, configs = bench.specs(args, parser), config_grid(args, parser)
     common = {"steps": args.steps, "warmup": args.warmup, "peak_gflops": args.peak_gflops,
               "variant": args.variant,
               "compilation_cache_dir": cache_dir_for(args.compilation_cache, parser)}
-    grid = [{**own, **config, **common} for own in bench.specs(args, parser)
-            for config in config_grid(args, parser)]
-    records: list[dict] = []
-    for round_index in range(args.rounds):
-        order = grid if round_index % 2 == 0 else grid[::-1]
-        for spec in order:
-            spec = {**spec, "round": round_index + 1}
-            print(f"... round {round_index + 1}: {bench.describe(spec)} | rewrites "
-                  f"{spec['rewrites']}, {spec['devices']} device(s), XLA flags "
-                  f"{spec['xla_flags_label']}", file=sys.stderr, flush=True)
-            run_and_report(f"bench.{bench.name}", spec, records, timeout_s=args.timeout_s,
-                           details=bench.details)
+    grid = [{**own, **config, **common} for own in own_specs for config in configs]
+    try:
+        records = run_rounds(bench, grid, args)
+    finally:
+        if args.compilation_cache == "fresh":  # a temporary directory of ours
+            shutil.rmtree(common["compilation_cache_dir"], ignore_errors=True)
     print()
     print_table(records, bench.columns)
     summary = summarize(records, varying_keys(grid)) if args.rounds > 1 else []
@@ -592,6 +588,21 @@ def run_benchmark(bench: Benchmark, argv: Optional[list[str]] = None) -> list[di
     if not args.no_save:
         path = save_results(bench.name, records, argv, machine_info(), summary)
         print(f"saved {path}")
+    return records
+
+
+def run_rounds(bench: Benchmark, grid: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Every configuration of ``grid``, ``args.rounds`` times, interleaved."""
+    records: list[dict] = []
+    for round_index in range(args.rounds):
+        order = grid if round_index % 2 == 0 else grid[::-1]
+        for spec in order:
+            spec = {**spec, "round": round_index + 1}
+            print(f"... round {round_index + 1}: {bench.describe(spec)} | rewrites "
+                  f"{spec['rewrites']}, {spec['devices']} device(s), XLA flags "
+                  f"{spec['xla_flags_label']}", file=sys.stderr, flush=True)
+            run_and_report(f"bench.{bench.name}", spec, records, timeout_s=args.timeout_s,
+                           details=bench.details)
     return records
 
 
