@@ -1,7 +1,7 @@
 """Backend-specific speed-ups, in one opt-in place; model definitions stay plain Flax.
 
 The models in ``advcore.models`` are written with plain ``lax`` convolutions
-and ``nn.max_pool``. On the CPU backend XLA runs three of their parts slowly,
+and ``nn.max_pool``. On the CPU backend XLA runs some of their parts slowly,
 so the runtime (``advcore.variables.apply_train`` / ``apply_eval``, hence
 every training step, attack and evaluation of the library) rewrites those
 parts while it traces a model, through a Flax method interceptor. Code that
@@ -24,6 +24,11 @@ benchmark agree on it; ``bench/RESULTS.md`` has the measurements):
   slower than the same convolution with one row of padding (SmallCNN conv2 at
   B=64: 35.6 -> 8.6 ms), so it is computed with ``stride`` extra bottom rows
   and the extra output row is dropped: the kept outputs are the same sums.
+* **Unpadded 1x1 convolutions as matrix products** (a strided slice, then a
+  dot). Through the padded path above their weight gradient ran in XLA's
+  generic loop: for WRN-16-4's 16->64 shortcut at B=32, 76 ms against 2.6 ms
+  as a dot (JAX's own VJP: 8 ms) on a 2-core Intel Xeon, about 3% of an
+  LBGAT step; the input gradients are faster as dots too.
 * **Max pooling as reshape + max** with PyTorch's first-maximum gradient:
   ``reduce_window``'s gradient (``select_and_scatter``) took a fifth of a
   SmallCNN attack step.
@@ -161,11 +166,33 @@ def _canonical_bwd(strides, padding, residuals, g):
 _canonical.defvjp(_canonical_fwd, _canonical_bwd)
 
 
+def pointwise_conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int]) -> jax.Array:
+    """An unpadded 1x1 convolution as what it is: a strided slice and a matrix product.
+
+    Its forward pass and both gradients are then dots, which XLA:CPU runs
+    with its matrix-multiplication kernels everywhere (inside a ``while``
+    loop too), while as a convolution its weight gradient ran in a generic
+    loop. The same sums as ``plain_conv2d``; forward-mode AD works as well.
+    """
+    sh, sw = (int(s) for s in strides)
+    if w.shape[:2] != (1, 1):
+        raise ValueError(f"w must be a 1x1 HWIO kernel, got shape {w.shape}")
+    # A 1x1 window at stride s reads rows/columns 0, s, 2s, ...: ceil(H / s)
+    # of them, the convolution's output size.
+    return jnp.einsum("nhwi,io->nhwo", x[:, ::sh, ::sw, :], w[0, 0])
+
+
 def canonical_conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int],
                      padding: Sequence[tuple[int, int]]) -> jax.Array:
-    """``plain_conv2d``'s values with the CPU-friendly VJP (reverse mode only)."""
+    """``plain_conv2d``'s values in the forms XLA:CPU runs fastest.
+
+    An unpadded 1x1 convolution (a ResNet/WRN shortcut) is ``pointwise_conv2d``;
+    any other gets the canonical input-gradient VJP (reverse mode only).
+    """
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if w.shape[:2] == (1, 1) and not any(lo or hi for lo, hi in padding):
+        return pointwise_conv2d(x, w, strides)
     return _canonical(x, w, strides, padding)
 
 
@@ -246,29 +273,55 @@ def compile_once(fn: Callable, *args: Any) -> Any:
     return compiled(*args)
 
 
-# XLA:CPU flags this workload runs fastest with (bench/RESULTS.md, "XLA:CPU
-# settings"). Empty: none of the measured flags helped the LBGAT step and PGD
-# evaluation on both machines (see there for the figures).
+# XLA:CPU flags ``configure_cpu`` applies (CLI processes call it before JAX
+# starts its backend). Empty, on purpose: bench/RESULTS.md, "XLA:CPU
+# settings", has the measurements and commands.
+#
+# jaxlib 0.10.2 runs every fp32 convolution as a single-threaded YNNPACK
+# fusion: one 3x3 convolution (B=32, 32x32, 64->64) ran at 132 / 133 / 34
+# GFLOP/s (forward / input gradient / weight gradient) on a 2-core Intel Xeon
+# with AMX. ``--xla_cpu_experimental_ynn_fusion_type=individual_dot`` sends
+# convolutions back to Eigen, which uses every core: 263 / 265 / 151 GFLOP/s,
+# and the LBGAT step (WRN-16-4 pair, B=32, one device) 1.09x, PGD-20
+# evaluation 1.40x faster. It is not kept because it changes the numbers:
+# with it, the fp32 input gradient through a train-mode BatchNorm network
+# (conv -> BN -> ReLU -> conv -> BN, or WRN-16-4) is 1-4% (of its largest
+# entry) away from a float64 reference, against 1e-6 with the default
+# flags, and the LBGAT step misses the plain step's 1e-5 tolerance
+# (tests/lbgat/test_step_equivalence.py runs that check for any flag added
+# here). Simulating one device per core (``num_devices``) gains as much
+# without touching numerics: 1.32x on the step, 1.43x on PGD-20 there; with
+# that, ``individual_dot`` made the step 19% slower again. Flags that relax
+# float semantics (``--xla_cpu_enable_fast_math``) are excluded;
+# ``--xla_cpu_use_onednn`` changed nothing measurable and
+# ``--xla_cpu_use_thunk_runtime`` is a no-op (deprecated) in this jaxlib.
 CPU_XLA_FLAGS: tuple[str, ...] = ()
 
 
-def configure_cpu(num_devices: Optional[int] = None, xla_flags: Sequence[str] = CPU_XLA_FLAGS
-                  ) -> None:
+def configure_cpu(num_devices: Optional[int] = None,
+                  xla_flags: Optional[Sequence[str]] = None) -> None:
     """Sets the XLA:CPU process settings; call before the first JAX operation.
 
     Args:
       num_devices: CPU devices to simulate (``jax_num_cpu_devices``). On a CPU,
         attacks with data-dependent cost (AutoAttack) run about twice as fast
         with one device per core, because intra-op threading cannot split
-        their small batches. None leaves JAX's default (1).
-      xla_flags: flags appended to ``XLA_FLAGS`` (existing ones are kept).
-        Flags are read when the backend starts, so later calls cannot change
-        a running process.
+        their small batches; the LBGAT step and PGD evaluation ran 1.3-1.4x
+        faster too, because XLA:CPU's convolutions run on one thread per
+        device (``CPU_XLA_FLAGS``). None leaves JAX's default (1).
+      xla_flags: flags appended to ``XLA_FLAGS``; None: ``CPU_XLA_FLAGS``. A
+        flag whose name ``XLA_FLAGS`` already sets is left as the user set
+        it. Flags are read when the backend starts, so later calls cannot
+        change a running process.
     """
     if num_devices is not None:
         if not isinstance(num_devices, int) or isinstance(num_devices, bool) or num_devices < 1:
             raise ValueError(f"num_devices must be an int >= 1, got {num_devices!r}")
         jax.config.update("jax_num_cpu_devices", num_devices)
-    if xla_flags:
-        existing = os.environ.get("XLA_FLAGS", "").split()
-        os.environ["XLA_FLAGS"] = " ".join(existing + [f for f in xla_flags if f not in existing])
+    if xla_flags is None:
+        xla_flags = CPU_XLA_FLAGS
+    existing = os.environ.get("XLA_FLAGS", "").split()
+    set_names = {f.split("=", 1)[0] for f in existing}
+    added = [f for f in xla_flags if f.split("=", 1)[0] not in set_names]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join(existing + added)

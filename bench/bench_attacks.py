@@ -3,6 +3,7 @@
     python -m bench.bench_attacks                       # small_cnn (MNIST) + wrn16_4
     python -m bench.bench_attacks --models=small_cnn --n=64
     python -m bench.bench_attacks --models=small_cnn --attacks=aa --compact=4 --devices=1,2
+    python -m bench.bench_attacks --models=small_cnn --attacks=pgd20 --rewrites=on,off --rounds=3
     python -m bench.bench_attacks --models=wrn16_4 --n_wrn=16 --compact_wrn=1,4
 
 Models:
@@ -21,11 +22,14 @@ Models:
 
 Per model and configuration (each in its own subprocess, ``bench/common.py``):
 ``compile_s`` (lower + compile of the jitted attack), ``run_s`` and images/s
-over ``--repeats`` timed calls (min over repeats), the CPU-time estimate
+over ``--steps`` timed calls (the fastest; after ``--warmup`` untimed ones,
+default none), the CPU-time estimate
 (``img_per_cpu_s``, robust to a busy machine), clean / robust accuracy and,
 for AutoAttack, the robust accuracy after each stage and the per-stage run
 time (each stage timed separately on the points the cascade hands it).
-Results go to ``bench/results/bench_attacks_<date>.json``.
+The options every benchmark shares (``--devices``, ``--rewrites``,
+``--xla_flags``, ``--rounds``, ...) are in ``bench/common.py``. Results go to
+``bench/results/bench_attacks_<date>.json``.
 
 Reference point (from the task): the PyTorch AutoAttack 'standard' took
 59.6 s for 64 images (1.07 img/s) on this 2-core CPU, on a small briefly
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
@@ -50,7 +55,8 @@ COLUMNS = [
     ("attack", "attack", 0),
     ("n", "images", 0),
     ("compact", "compact", 0),
-    ("devices", "devices", 0),
+    *common.CONFIG_COLUMNS,
+    common.ROUND_COLUMN,
     ("compile_s", "compile s", 1),
     ("run_s", "run s", 2),
     ("img_per_s", "img/s (wall)", 2),
@@ -61,6 +67,7 @@ COLUMNS = [
 ]
 
 MODELS = ("small_cnn", "wrn16_4")
+TRAIN_STEPS = 400  # PGD-3 adversarial-training steps of the SmallCNN
 
 
 # --------------------------------------------------------------------------
@@ -97,6 +104,7 @@ def train_small_cnn(eps: float, steps: int, log=print):
     import optax
 
     from advcore.models import build_model, init_variables
+    from advcore.variables import ModelVars, apply_eval, apply_train
 
     model = build_model("small_cnn", 10)
     params = init_variables(model, jax.random.key(0), (1, 28, 28, 1))["params"]
@@ -111,9 +119,10 @@ def train_small_cnn(eps: float, steps: int, log=print):
     x_all, y_all = jnp.asarray(x_all), jnp.asarray(y_all)
     tx = optax.adam(1e-3)
 
-    def ce(p, x, y, key):
-        rngs = {"dropout": key} if key is not None else None
-        logits = model.apply({"params": p}, x, train=key is not None, rngs=rngs)
+    def ce(p, x, y, key):  # key None: eval mode (the PGD inner loop)
+        mv = ModelVars(params=p, batch_stats={})
+        logits = (apply_eval(model, mv, x) if key is None
+                  else apply_train(model, mv, x, dropout_key=key)[0])
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
@@ -147,6 +156,7 @@ def build(model_name: str, n: int, spec: dict):
     import jax.numpy as jnp
 
     from advcore.models import build_model, init_variables
+    from advcore.variables import ModelVars, apply_eval
 
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     if model_name == "small_cnn":
@@ -167,14 +177,14 @@ def build(model_name: str, n: int, spec: dict):
         v = init_variables(model, jax.random.key(0), (1, 32, 32, 3))
         params = v
         x, _ = _synthetic(n, (32, 32, 3), 1)
-        y = jnp.argmax(model.apply(v, jnp.asarray(x), train=False), -1)
+        y = jnp.argmax(apply_eval(model, ModelVars.from_variables(v), jnp.asarray(x)), -1)
         info = {"data": "uniform noise labelled by the model", "weights": "untrained init"}
         variables = lambda p: p  # noqa: E731
     else:
         raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
 
-    def logits_fn_of(p):
-        return lambda z: model.apply(variables(p), z, train=False)
+    def logits_fn_of(p):  # as the library applies a model: with the backend's rewrites
+        return lambda z: apply_eval(model, ModelVars.from_variables(variables(p)), z)
 
     return logits_fn_of, params, jnp.asarray(x), jnp.asarray(y), float(eps), info
 
@@ -240,10 +250,6 @@ def compare_single_run(torch_npz: str, train_steps: int) -> dict:
 
 def run_child(spec: dict) -> dict:
     import jax
-
-    devices = spec.get("devices", 1)
-    if devices > 1:  # before the first JAX operation
-        jax.config.update("jax_num_cpu_devices", devices)
     import jax.numpy as jnp
 
     from advcore.attacks.autoattack import autoattack, version_attacks
@@ -257,7 +263,7 @@ def run_child(spec: dict) -> dict:
         _export_eval_data(x, y, eps, logits_fn_of(params))
     stages = version_attacks(spec["aa_version"])
     if spec["attack"] == "pgd20":
-        # SPEC 4.1 settings scaled to eps: step eps / 10 (0.003 for 0.031), 20 steps.
+        # The usual CIFAR PGD-20 evaluation (step 0.003 at eps 0.031), scaled to eps.
         def attack(p, x, y, k):
             return pgd(logits_fn_of(p), x, y, k, eps=eps, step_size=eps / 10, num_steps=20,
                        unroll=spec["unroll"])
@@ -270,6 +276,7 @@ def run_child(spec: dict) -> dict:
                               attacks_to_run=stages, compact=spec["compact"],
                               unroll=spec["unroll"], return_details=True)
 
+    devices = spec["devices"]
     jitted = jax.jit(attack)
     if devices > 1:
         # As advcore.evaluate runs AutoAttack (shard_local): each simulated
@@ -297,14 +304,15 @@ def run_child(spec: dict) -> dict:
                                        out_specs=out_specs, check_vma=False))
         x, y = (jax.device_put(a, parallel.data_sharded(mesh)) for a in (x, y))
         params = jax.device_put(params, parallel.replicated(mesh))
-    record["devices"] = devices
-    compiled, compile_s, _ = common.compile_timed(jitted, params, x, y, key)
-    record["compile_s"] = compile_s
+    compiled, timings, _ = common.compile_timed(jitted, params, x, y, key)
+    record.update(timings)
+    for r in range(spec["warmup"]):
+        common.block(compiled(params, x, y, jax.random.key(r)))
     load_before = common.loadavg()
     best_wall, best_cpu, out = float("inf"), float("inf"), None
-    for r in range(spec["repeats"]):
+    for r in range(spec["steps"]):  # the fastest of the timed runs
         cpu0, t0 = time.process_time(), time.perf_counter()
-        out = common.block(compiled(params, x, y, jax.random.key(r)))
+        out = common.block(compiled(params, x, y, jax.random.key(spec["warmup"] + r)))
         best_wall = min(best_wall, time.perf_counter() - t0)
         best_cpu = min(best_cpu, time.process_time() - cpu0)
     cores = os.cpu_count() or 1
@@ -331,11 +339,7 @@ def run_child(spec: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if common.serve_child(argv, run_child):
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--attacks", default="pgd20,aa",
                         help="pgd20, aa (the version's cascade) and/or single AutoAttack "
@@ -348,41 +352,51 @@ def main(argv=None) -> None:
     parser.add_argument("--compact_wrn", default="1",
                         help="the same for wrn16_4 (1 keeps its compile time down)")
     parser.add_argument("--unroll", type=int, default=1)
-    parser.add_argument("--devices", default="1",
-                        help="comma list of simulated CPU device counts (jax_num_cpu_devices); "
-                             "each attacks its shard of the batch, as advcore.evaluate does")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--train_steps", type=int, default=400)
+    parser.add_argument("--train_steps", type=int, default=TRAIN_STEPS)
     parser.add_argument("--eps", type=float, default=None, help="default 0.3 / (8/255)")
-    parser.add_argument("--timeout_s", type=float, default=3600)
     parser.add_argument("--compare_single_run", default=None,
                         help="npz from crosscheck_autoattack_torch.py --single_run_out: "
                              "compare one APGD run per loss from the same start, then exit")
-    args = parser.parse_args(argv)
-    if args.compare_single_run:
-        import json
 
-        result = compare_single_run(args.compare_single_run, args.train_steps)
+
+def specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    out = []
+    for model, attack in itertools.product(common.split_list(args.models),
+                                           common.split_list(args.attacks)):
+        if model not in MODELS:
+            parser.error(f"--models: unknown {model!r}; valid: {', '.join(MODELS)}")
+        compact_arg = args.compact if model == "small_cnn" else args.compact_wrn
+        compacts = common.split_list(compact_arg, int) if attack != "pgd20" else [1]
+        n = args.n if model == "small_cnn" else args.n_wrn
+        for devices in common.split_list(args.devices, int):
+            if n % devices:
+                parser.error(f"--devices: {devices} does not divide the {n} images of {model}")
+        for compact in compacts:
+            out.append({"model": model, "attack": f"aa_{args.aa_version}" if attack == "aa"
+                        else attack, "aa_version": args.aa_version, "n": n, "compact": compact,
+                        "unroll": args.unroll, "train_steps": args.train_steps, "eps": args.eps})
+    return out
+
+
+BENCHMARK = common.Benchmark(
+    name="bench_attacks", description=__doc__.split("\n")[0], columns=COLUMNS,
+    add_options=add_options, specs=specs, run_child=run_child, steps=1, warmup=0,
+    details="run_s,clean_acc,robust_acc,stages",
+    describe=lambda s: f"{s['model']} {s['attack']} n={s['n']} compact={s['compact']}")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    single = argparse.ArgumentParser(add_help=False)
+    single.add_argument("--compare_single_run", default=None)
+    single.add_argument("--train_steps", type=int, default=TRAIN_STEPS)
+    known, _ = single.parse_known_args(argv)
+    if known.compare_single_run and common.child_spec(argv) is None:
+        # A comparison with the PyTorch reference, not a timing: no grid.
+        result = compare_single_run(known.compare_single_run, known.train_steps)
         print(json.dumps(result, indent=2))
         return
-
-    records = []
-    for model in args.models.split(","):
-        for attack in args.attacks.split(","):
-            compact_arg = args.compact if model == "small_cnn" else args.compact_wrn
-            compacts = [int(c) for c in compact_arg.split(",")] if attack != "pgd20" else [1]
-            for compact, devices in itertools.product(
-                    compacts, [int(d) for d in args.devices.split(",")]):
-                spec = {"model": model, "attack": f"aa_{args.aa_version}" if attack == "aa"
-                        else attack, "aa_version": args.aa_version,
-                        "n": args.n if model == "small_cnn" else args.n_wrn,
-                        "compact": compact, "unroll": args.unroll, "repeats": args.repeats,
-                        "train_steps": args.train_steps, "eps": args.eps, "devices": devices}
-                print(f"running {spec} ...", flush=True)
-                common.run_and_report("bench.bench_attacks", spec, records,
-                                      timeout_s=args.timeout_s,
-                                      details="run_s,clean_acc,robust_acc,stages")
-    common.finish("bench_attacks", records, argv, COLUMNS)
+    common.run_benchmark(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

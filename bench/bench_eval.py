@@ -2,22 +2,25 @@
 
     python -m bench.bench_eval                                  # WRN-16-4, B=256, PGD-20
     python -m bench.bench_eval --batch=256 --steps=2 --unroll=1,full
-    python -m bench.bench_eval --attacks=pgd20 --conv_impl=plain,canonical
+    python -m bench.bench_eval --attacks=pgd20 --rewrites=on,off
+    python -m bench.bench_eval --batch=64 --devices=1,2 --rounds=3  # interleaved rounds
 
-Measures the program ``advcore.evaluate`` runs per batch (attack + final
-forward + correctness, one jit over the ``('data',)`` mesh), with the model's
-random initial weights: PGD's cost does not depend on the weights. (For
-AutoAttack, whose cost depends on how many points stay robust, random weights
-would flatter the figure: ``--attacks=aa_standard`` runs but says so.)
-Each configuration runs in its own subprocess; JSON goes to
-``bench/results/bench_eval_<date>.json``.
+Measures the program ``advcore.evaluation`` runs per batch (attack + final
+forward + correctness, one jit over the ``('data',)`` mesh), with the model
+applied as the library applies it (``advcore.variables.apply_eval``, hence
+with the backend's model rewrites) and its random initial weights: PGD's
+cost does not depend on the weights. (For AutoAttack, whose cost depends on
+how many points stay robust, random weights would flatter the figure:
+``--attacks=aa_standard`` runs but says so.) Each configuration runs in its
+own subprocess; the options every benchmark shares are in ``bench/common.py``;
+JSON goes to ``bench/results/bench_eval_<date>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import sys
+import time
 
 from bench import common
 
@@ -33,17 +36,10 @@ COLUMNS = [
     ("batch", "B", 0),
     ("precision", "precision", 0),
     ("unroll", "unroll", 0),
-    ("conv_impl", "conv VJP", 0),
-    ("compile_s", "compile s", 1),
-    ("img_per_s", "img/s (wall)", 2),
-    ("img_per_s_best_step", "img/s (best batch)", 2),
-    ("img_per_cpu_s", "img/s (CPU-time est.)", 2),
-    ("img_per_s_idle_est", "img/s (idle est.)", 2),
-    ("achieved_gflops", "GFLOP/s (wall)", 1),
-    ("achieved_gflops_cpu_est", "GFLOP/s (CPU est.)", 0),
-    ("fraction_of_peak", "of 340 peak (wall)", 3),
-    ("peak_rss_mib", "peak RSS MiB", 0),
-    ("loadavg_before", "load", 1),
+    *common.CONFIG_COLUMNS,
+    ("variant", "variant", 0),
+    common.ROUND_COLUMN,
+    *common.STEP_FIGURE_COLUMNS,
 ]
 
 
@@ -51,11 +47,13 @@ def run_child(spec: dict) -> dict:
     import jax
     import numpy as np
 
-    from advcore import evaluate as eval_lib
+    from advcore import evaluation as eval_lib
     from advcore import parallel
     from advcore.attacks import make_attack
-    from advcore.models import build_model, conv_ops, init_variables
+    from advcore.models import build_model, init_variables
+    from advcore.variables import ModelVars, apply_eval
 
+    setup_start = time.perf_counter()
     name, kwargs, label = MODELS[spec["model"]]
     if spec["precision"] == "bfloat16":
         kwargs = {**kwargs, "dtype": "bfloat16"}
@@ -65,10 +63,9 @@ def run_child(spec: dict) -> dict:
     variables = parallel.replicate(variables, mesh)
 
     def apply_fn(v, x):
-        return model.apply(v, x, train=False)
+        return apply_eval(model, ModelVars.from_variables(v), x)
 
-    record = dict(spec, label=label, backend=jax.default_backend(),
-                  conv_impl=conv_ops.conv_impl())
+    record = dict(spec, label=label, backend=jax.default_backend())
     overrides = {}
     num_steps = None
     if spec["attack"].startswith(("pgd", "cw")):
@@ -85,8 +82,9 @@ def run_child(spec: dict) -> dict:
     y = rng.integers(0, 10, (b,)).astype(np.int32)
     xs, ys = parallel.shard_host_batch((x, y), mesh)
     key = jax.random.PRNGKey(1)
-    compiled, compile_s, lowered = common.compile_timed(fn, variables, xs, ys, key)
-    record["compile_s"] = compile_s
+    record["setup_s"] = time.perf_counter() - setup_start
+    compiled, timings, lowered = common.compile_timed(fn, variables, xs, ys, key)
+    record.update(timings)
 
     if spec["flops"] and num_steps:
         if overrides.get("unroll") == num_steps:
@@ -101,8 +99,14 @@ def run_child(spec: dict) -> dict:
     def run_batch(carry):
         return compiled(variables, xs, ys, key)
 
+    # The first batch after compilation (the first of the --warmup batches)
+    # is timed apart, as in bench_lbgat.
+    first_start = time.perf_counter()
+    common.block(run_batch(None))
+    record["first_step_s"] = time.perf_counter() - first_start
     figures, ok = common.timed_steps(run_batch, None, steps=spec["steps"],
-                                     warmup=spec["warmup"], images_per_step=b)
+                                     warmup=max(spec["warmup"] - 1, 0), images_per_step=b)
+    figures["warmup"] = spec["warmup"]
     record.update(figures)
     record["robust_acc_random_weights"] = float(np.mean(parallel.fetch_to_host(ok)))
     record["peak_rss_mib"] = common.peak_rss_mib()
@@ -112,53 +116,39 @@ def run_child(spec: dict) -> dict:
     return record
 
 
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if common.serve_child(argv, run_child):
-        return
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="wrn16_4", help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--attacks", default="pgd20", help="advcore.attacks.make_attack names")
     parser.add_argument("--batch", default="256")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--unroll", default="default",
                         help="comma-separated attack unroll values (ints, 'full') or 'default'")
-    parser.add_argument("--conv_impl", default="",
-                        help="comma-separated advcore.models.conv_ops implementations")
-    parser.add_argument("--steps", type=int, default=3, help="timed batches")
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no_flops", action="store_true")
-    parser.add_argument("--peak_gflops", type=float, default=0.0)
-    parser.add_argument("--xla_flags", default="")
-    parser.add_argument("--no_save", action="store_true")
-    args = parser.parse_args(argv)
 
-    import os
 
-    unrolls = ["default"] if args.unroll == "default" else [
-        True if u == "full" else int(u) for u in args.unroll.split(",") if u]
-    env = {}
-    if args.xla_flags:
-        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    records = []
-    grid = itertools.product(
-        [m for m in args.models.split(",") if m], [a for a in args.attacks.split(",") if a],
-        [int(b) for b in args.batch.split(",") if b], [p for p in args.precision.split(",") if p],
-        unrolls, [c for c in args.conv_impl.split(",") if c] or [""])
-    for model, attack, batch, precision, unroll, conv_impl in grid:
+def specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    unrolls = ["default"] if args.unroll == "default" else common.split_list(
+        args.unroll, lambda u: True if u == "full" else int(u))
+    out = []
+    for model, attack, batch, precision, unroll in itertools.product(
+            common.split_list(args.models), common.split_list(args.attacks),
+            common.split_list(args.batch, int), common.split_list(args.precision), unrolls):
         if model not in MODELS:
             parser.error(f"--models: unknown {model!r}; valid: {', '.join(MODELS)}")
-        child_env = dict(env)
-        if conv_impl:
-            child_env["ADVCORE_CONV_IMPL"] = conv_impl
-        spec = dict(model=model, attack=attack, batch=batch, precision=precision, unroll=unroll,
-                    steps=args.steps, warmup=args.warmup, flops=not args.no_flops,
-                    peak_gflops=args.peak_gflops)
-        print(f"... {model} {attack} B={batch} {precision} unroll={unroll} "
-              f"conv={conv_impl or 'default'}", file=sys.stderr, flush=True)
-        common.run_and_report("bench.bench_eval", spec, records, child_env)
-    common.finish("bench_eval", records, argv, COLUMNS, save=not args.no_save)
+        out.append(dict(model=model, attack=attack, batch=batch, precision=precision,
+                        unroll=unroll, flops=not args.no_flops))
+    return out
+
+
+BENCHMARK = common.Benchmark(
+    name="bench_eval", description=__doc__.split("\n")[0], columns=COLUMNS,
+    add_options=add_options, specs=specs, run_child=run_child, steps=3, warmup=1,
+    describe=lambda s: f"{s['model']} {s['attack']} B={s['batch']} {s['precision']} "
+                       f"unroll={s['unroll']}")
+
+
+def main(argv=None) -> None:
+    common.run_benchmark(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

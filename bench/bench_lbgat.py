@@ -4,6 +4,10 @@
     python -m bench.bench_lbgat --models=wrn16_4 --batch=32 --steps=3 --unroll=1,2,5,full
     python -m bench.bench_lbgat --models=wrn34_10 --batch=32 --steps=3 --warmup=1
     python -m bench.bench_lbgat --precision=bfloat16 --models=wrn16_4 --batch=32
+    python -m bench.bench_lbgat --models=wrn16_4 --batch=32 --precision=float32 \
+        --rewrites=on,off --devices=1,2 --rounds=3               # levers, interleaved
+    python -m bench.bench_lbgat --models=wrn16_4 --batch=32 --precision=float32 \
+        --compilation_cache=fresh --rounds=2                     # cold vs cached compile
 
 Model pairs (robust / natural): ``wrn16_4`` = WRN-16-4 / WRN-16-4,
 ``wrn34_10`` = WRN-34-10 / LBGAT's ResNet18 (the paper's CIFAR setting).
@@ -12,7 +16,9 @@ The step is the library's own (``lbgat_jax.step.make_train_step``: one jit
 with the PGD loop, both models' forward/backward and the SGD update, state
 donated) built directly from ``lbgat_jax.state`` on a synthetic batch, so no
 dataset is needed and input loading is not measured. Each configuration runs
-in its own subprocess (see ``bench/common.py``); results go to
+in its own subprocess (see ``bench/common.py``, which also defines the
+options every benchmark shares: ``--rewrites``, ``--devices``, ``--xla_flags``,
+``--rounds``, ``--compilation_cache``, ...); results go to
 ``bench/results/bench_lbgat_<date>.json`` and the table is printed. Run
 ``python -m bench.common`` afterwards to refresh ``bench/RESULTS.md``.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
+import time
 
 from bench import common
 
@@ -38,18 +44,10 @@ COLUMNS = [
     ("batch", "B", 0),
     ("precision", "precision", 0),
     ("unroll", "unroll", 0),
-    ("conv_impl", "conv VJP", 0),
+    *common.CONFIG_COLUMNS,
     ("variant", "variant", 0),
-    ("compile_s", "compile s", 1),
-    ("img_per_s", "img/s (wall)", 2),
-    ("img_per_s_best_step", "img/s (best step)", 2),
-    ("img_per_cpu_s", "img/s (CPU-time est.)", 2),
-    ("img_per_s_idle_est", "img/s (idle est.)", 2),
-    ("achieved_gflops", "GFLOP/s (wall)", 1),
-    ("achieved_gflops_cpu_est", "GFLOP/s (CPU est.)", 0),
-    ("fraction_of_peak", "of 340 peak (wall)", 3),
-    ("peak_rss_mib", "peak RSS MiB", 0),
-    ("loadavg_before", "load", 1),
+    common.ROUND_COLUMN,
+    *common.STEP_FIGURE_COLUMNS,
 ]
 
 
@@ -104,30 +102,21 @@ def build_step(spec: dict):
     return train_step, state, batch, config, (method, models, tx, schedule, mesh)
 
 
-def step_lib_module():
-    from lbgat_jax import step as step_lib
-
-    return step_lib
-
-
 def run_child(spec: dict) -> dict:
     import jax
+
+    from lbgat_jax import step as step_lib
 
     record = dict(spec)
     record["label"] = PAIR_LABEL[spec["models"]]
     record["unroll"] = "full" if spec["unroll"] is True else spec["unroll"]
+    setup_start = time.perf_counter()
     train_step, state, batch, config, extra = build_step(spec)
-    compiled, compile_s, lowered = common.compile_timed(train_step, state, batch)
-    record["compile_s"] = compile_s
-    try:
-        from advcore.models import conv_ops
-
-        record["conv_impl"] = conv_ops.conv_impl()
-    except ImportError:
-        record["conv_impl"] = "plain"
+    record["setup_s"] = time.perf_counter() - setup_start
+    compiled, timings, lowered = common.compile_timed(train_step, state, batch)
+    record.update(timings)
     record["backend"] = jax.default_backend()
-    resolve = getattr(step_lib_module(), "resolve_unroll", None)
-    record["effective_unroll"] = (resolve(config) if resolve else config.attack.unroll)
+    record["effective_unroll"] = config.attack.unroll
     if spec["unroll"] == "default":
         record["unroll"] = f"default ({record['effective_unroll']})"
 
@@ -138,8 +127,6 @@ def run_child(spec: dict) -> dict:
             record["flops_per_step"] = common.flops_of(compiled)
             record["flops_source"] = "compiled (fully unrolled)"
         else:
-            from lbgat_jax import step as step_lib
-
             method, models, tx, schedule, mesh = extra
             full = config.copy_and_resolve_references()
             full.attack.unroll = full.attack.num_steps
@@ -151,12 +138,20 @@ def run_child(spec: dict) -> dict:
                 record["flops_per_step"] = common.flops_of(jitted.lower(state, batch))
                 record["flops_source"] = "lowered HLO of the fully unrolled variant"
 
+    # The first step after compilation (the first of the --warmup steps) is
+    # timed apart: with the compilation cache, set-up + compile + first step
+    # is the wait before training runs.
+    first_start = time.perf_counter()
+    state, metrics = common.block(compiled(state, batch))
+    record["first_step_s"] = time.perf_counter() - first_start
+
     def run_step(carry):
         return compiled(carry[0], batch)
 
     figures, (state, metrics) = common.timed_steps(
-        run_step, (state, None), steps=spec["steps"], warmup=spec["warmup"],
+        run_step, (state, metrics), steps=spec["steps"], warmup=max(spec["warmup"] - 1, 0),
         images_per_step=spec["batch"])
+    figures["warmup"] = spec["warmup"]
     record.update(figures)
     record["loss"] = float(metrics["loss"])
     record["peak_rss_mib"] = common.peak_rss_mib()
@@ -164,12 +159,7 @@ def run_child(spec: dict) -> dict:
     return record
 
 
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if common.serve_child(argv, run_child):
-        return
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="wrn16_4,wrn34_10",
                         help=f"comma-separated pairs: {', '.join(PAIRS)}")
     parser.add_argument("--batch", default="32,128", help="comma-separated batch sizes")
@@ -181,53 +171,35 @@ def main(argv=None) -> None:
                              "'default' = the config's per-backend default")
     parser.add_argument("--method", default="lbgat_trades")
     parser.add_argument("--attack_steps", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compile")
     parser.add_argument("--flops", default="lowered", choices=["lowered", "compiled", "none"],
                         help="how to count FLOPs of a rolled loop (see bench/common.py)")
-    parser.add_argument("--peak_gflops", type=float, default=0.0,
-                        help="peak for the fraction-of-peak column (0 = backend default)")
-    parser.add_argument("--xla_flags", default="",
-                        help="extra XLA_FLAGS for the measured subprocesses")
-    parser.add_argument("--conv_impl", default="",
-                        help="comma-separated advcore.models.conv_ops implementations to "
-                             "compare (auto, plain, canonical); empty = the default")
-    parser.add_argument("--variant", default="", help="a free label for this run's rows")
-    parser.add_argument("--no_save", action="store_true")
-    args = parser.parse_args(argv)
 
-    import os
 
-    unrolls = ["default"] if args.unroll == "default" else [
-        parse_unroll(u) for u in args.unroll.split(",") if u]
-    env = {}
-    if args.xla_flags:
-        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    records = []
-    conv_impls = [c for c in args.conv_impl.split(",") if c] or [""]
-    grid = itertools.product(
-        [m for m in args.models.split(",") if m], [int(b) for b in args.batch.split(",") if b],
-        [p for p in args.precision.split(",") if p], unrolls, conv_impls)
-    for models, batch, precision, unroll, conv_impl in grid:
+def specs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    unrolls = ["default"] if args.unroll == "default" else common.split_list(
+        args.unroll, parse_unroll)
+    out = []
+    for models, batch, precision, unroll in itertools.product(
+            common.split_list(args.models), common.split_list(args.batch, int),
+            common.split_list(args.precision), unrolls):
         if models not in PAIRS:
             parser.error(f"--models: unknown pair {models!r}; valid: {', '.join(PAIRS)}")
         if (models == "wrn34_10" and args.max_batch_wrn34_10
                 and batch > args.max_batch_wrn34_10):
             continue
-        variant = [args.variant] if args.variant else []
-        if args.xla_flags:
-            variant.append("XLA_FLAGS=" + args.xla_flags)
-        child_env = dict(env)
-        if conv_impl:
-            child_env["ADVCORE_CONV_IMPL"] = conv_impl
-        spec = dict(models=models, batch=batch, precision=precision, unroll=unroll,
-                    method=args.method, attack_steps=args.attack_steps, steps=args.steps,
-                    warmup=args.warmup, flops=args.flops, peak_gflops=args.peak_gflops,
-                    variant=" ".join(variant))
-        print(f"... {models} B={batch} {precision} unroll={unroll} conv={conv_impl or 'default'}",
-              file=sys.stderr, flush=True)
-        common.run_and_report("bench.bench_lbgat", spec, records, child_env)
-    common.finish("bench_lbgat", records, argv, COLUMNS, save=not args.no_save)
+        out.append(dict(models=models, batch=batch, precision=precision, unroll=unroll,
+                        method=args.method, attack_steps=args.attack_steps, flops=args.flops))
+    return out
+
+
+BENCHMARK = common.Benchmark(
+    name="bench_lbgat", description=__doc__.split("\n")[0], columns=COLUMNS,
+    add_options=add_options, specs=specs, run_child=run_child, steps=5, warmup=1,
+    describe=lambda s: f"{s['models']} B={s['batch']} {s['precision']} unroll={s['unroll']}")
+
+
+def main(argv=None) -> None:
+    common.run_benchmark(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

@@ -27,23 +27,37 @@ Figures recorded per configuration (see ``timed_steps``):
   the assumed peak (``--peak_gflops``; 340 GFLOP/s fp32 for this 2-core
   AVX-512 CPU, an assumption from the issue, not a measurement).
 
-``python -m bench.common`` rebuilds ``bench/RESULTS.md`` from every JSON in
-``bench/results/`` (one table per benchmark invocation, with its command).
+The driver every benchmark script shares (``Benchmark``, ``run_benchmark``): the
+common options (``common_parser``), the grid of process-level settings every
+configuration is crossed with (CPU rewrites on/off, simulated CPU devices,
+XLA flag sets), interleaved rounds, the parent/child protocol and result
+saving and printing. A script declares only its own options, its own grid
+(``specs``) and ``run_child``.
+
+``python -m bench.common`` adds every JSON in ``bench/results/`` to
+``bench/RESULTS.md`` (one table per benchmark invocation, with its command;
+tables already there are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import glob
+import itertools
 import json
 import os
 import platform
+import re
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -71,6 +85,18 @@ def cpu_model_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_has_amx() -> Optional[bool]:
+    """Whether the CPU advertises AMX tiles (``amx_tile`` in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict[str, Any]:
     import flax
     import jax
@@ -81,6 +107,7 @@ def machine_info() -> dict[str, Any]:
     devices = jax.devices()
     return {
         "cpu_model": cpu_model_name(),
+        "cpu_amx": cpu_has_amx(),
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
@@ -118,12 +145,21 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
-def compile_timed(jitted, *args) -> tuple[Any, float, Any]:
-    """``(compiled, seconds, lowered)`` for ``jitted`` at ``args``."""
+def compile_timed(jitted, *args) -> tuple[Any, dict[str, float], Any]:
+    """``(compiled, timings, lowered)`` for ``jitted`` at ``args``.
+
+    ``timings``: ``trace_lower_s`` (Python tracing and lowering to StableHLO,
+    which JAX's persistent compilation cache cannot skip), ``xla_compile_s``
+    (XLA's compilation, or loading it from that cache) and ``compile_s``,
+    their sum.
+    """
     start = time.perf_counter()
     lowered = jitted.lower(*args)
+    lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    return compiled, time.perf_counter() - start, lowered
+    end = time.perf_counter()
+    return compiled, {"trace_lower_s": lowered_at - start, "xla_compile_s": end - lowered_at,
+                      "compile_s": end - start}, lowered
 
 
 def flops_of(stage) -> Optional[float]:
@@ -234,6 +270,9 @@ def default_peak(backend: str) -> Optional[float]:
 
 CHILD_FLAG = "--_child"
 
+# --rewrites values -> advcore.backend.set_cpu_rewrites arguments.
+REWRITES = {"default": None, "on": True, "off": False}
+
 
 def run_isolated(module: str, spec: dict, extra_env: Optional[dict] = None,
                  timeout_s: float = 3600) -> dict:
@@ -241,12 +280,15 @@ def run_isolated(module: str, spec: dict, extra_env: Optional[dict] = None,
 
     The child prints its record as the last stdout line. A failure (crash,
     timeout, OOM) becomes a record with an ``error`` field, so one bad
-    configuration never loses the others' figures.
+    configuration never loses the others' figures. ``process_wall_s`` is the
+    child's whole life (imports, set-up, compilation, timed steps): what a
+    user waits for.
     """
     env = dict(os.environ)
     env.update(extra_env or {})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", module, f"{CHILD_FLAG}={json.dumps(spec)}"]
+    start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=timeout_s)
@@ -256,7 +298,7 @@ def run_isolated(module: str, spec: dict, extra_env: Optional[dict] = None,
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-2000:]
         return {**spec, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "process_wall_s": time.perf_counter() - start}
 
 
 def run_and_report(module: str, spec: dict, records: list[dict],
@@ -272,20 +314,10 @@ def run_and_report(module: str, spec: dict, records: list[dict],
     if "error" in record:
         print(f"    error: {record['error'][-500:]}", file=sys.stderr, flush=True)
     else:
-        extra = "".join(f", {k} {fmt(record.get(k), 3)}" for k in details.split(",") if k)
-        print(f"    {record['img_per_s']:.2f} img/s, compile {record['compile_s']:.1f}s{extra}",
-              file=sys.stderr, flush=True)
+        parts = [f"{record['img_per_s']:.2f} img/s", f"compile {record['compile_s']:.1f}s"]
+        parts += [f"{k} {fmt(record.get(k), 3)}" for k in details.split(",") if k]
+        print("    " + ", ".join(parts), file=sys.stderr, flush=True)
     return record
-
-
-def finish(name: str, records: list[dict], argv: list[str],
-           columns: list[tuple[str, str, int]], save: bool = True) -> None:
-    """Prints the results table and saves the records under ``bench/results/``."""
-    print()
-    print_table(records, columns)
-    if save:
-        path = save_results(name, records, argv, machine_info())
-        print(f"saved {path}")
 
 
 def child_spec(argv: list[str]) -> Optional[dict]:
@@ -300,14 +332,339 @@ def emit(record: dict) -> None:
     print(json.dumps(record, default=float), flush=True)
 
 
-def serve_child(argv: list[str], run_child) -> bool:
+def prepare_child(spec: dict) -> dict[str, float]:
+    """The process-level settings of one configuration, before JAX starts its backend.
+
+    Simulated CPU devices and XLA flags go through ``advcore.backend.configure_cpu``
+    (as the command lines set them), the CPU model rewrites through
+    ``set_cpu_rewrites``, and the persistent compilation cache as
+    ``advcore.cli.setup`` enables it. Returns a dict the compilation-cache
+    events are counted into.
+    """
+    import jax
+
+    from advcore import backend
+
+    flags = spec.get("xla_flags")
+    backend.configure_cpu(spec.get("devices") or None,
+                          xla_flags=None if flags is None else tuple(flags.split()))
+    backend.set_cpu_rewrites(REWRITES[spec.get("rewrites", "default")])
+    cache_events = {"cache_hits": 0, "cache_misses": 0}
+    if spec.get("compilation_cache_dir"):
+        jax.config.update("jax_compilation_cache_dir", spec["compilation_cache_dir"])
+        # The threshold advcore.cli.setup uses: programs that compile in under
+        # a second are not worth a disk entry.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+        def count(event: str, **_: Any) -> None:
+            name = event.rsplit("/", 1)[-1]
+            if name in cache_events:
+                cache_events[name] += 1
+
+        jax.monitoring.register_event_listener(count)
+    return cache_events
+
+
+def serve_child(argv: list[str], run_child: Callable[[dict], dict]) -> bool:
     """In a child process (``run_isolated``), runs ``run_child(spec)`` and
-    emits its record; returns whether this process was a child."""
+    emits its record; returns whether this process was a child.
+
+    The record also says which settings the process really ran with: the CPU
+    rewrites (``rewrites_active``), the device count, ``XLA_FLAGS`` and, with
+    a compilation cache, how many programs it loaded from the cache and how
+    many it compiled and stored.
+    """
     spec = child_spec(argv)
     if spec is None:
         return False
-    emit(run_child(spec))
+    cache_events = prepare_child(spec)
+    record = run_child(spec)
+
+    import jax
+
+    from advcore import backend
+
+    record.update(rewrites_active=backend.cpu_rewrites_enabled(),
+                  num_devices=jax.device_count(), xla_flags_env=os.environ.get("XLA_FLAGS", ""))
+    if spec.get("compilation_cache_dir"):
+        record.update(cache_events)
+    emit(record)
     return True
+
+
+# --------------------------------------------------------------------------
+# The driver every benchmark script shares.
+# --------------------------------------------------------------------------
+
+# Settings that differ per process, crossed with every script's own grid.
+CONFIG_KEYS = ("rewrites", "devices", "xla_flags_label")
+CONFIG_COLUMNS = [
+    ("rewrites", "CPU rewrites", 0),
+    ("devices", "devices", 0),
+    ("xla_flags_label", "XLA flags", 0),
+]
+ROUND_COLUMN = ("round", "round", 0)
+
+# The figure columns of the per-step benchmarks (bench_lbgat, bench_eval).
+STEP_FIGURE_COLUMNS = [
+    ("compile_s", "compile s", 1),
+    ("img_per_s", "img/s (wall)", 2),
+    ("img_per_s_best_step", "img/s (best step)", 2),
+    ("img_per_cpu_s", "img/s (CPU-time est.)", 2),
+    ("img_per_s_idle_est", "img/s (idle est.)", 2),
+    ("achieved_gflops", "GFLOP/s (wall)", 1),
+    ("achieved_gflops_cpu_est", "GFLOP/s (CPU est.)", 0),
+    ("fraction_of_peak", "of 340 peak (wall)", 3),
+    ("peak_rss_mib", "peak RSS MiB", 0),
+    ("loadavg_before", "load", 1),
+]
+
+# Columns of the compilation-cache table (``--compilation_cache``).
+COMPILE_COLUMNS = [
+    ("round", "process", 0),
+    ("cache_hits", "programs from cache", 0),
+    ("cache_misses", "programs compiled", 0),
+    ("setup_s", "set-up s", 1),
+    ("trace_lower_s", "trace + lower s", 1),
+    ("xla_compile_s", "XLA compile s", 1),
+    ("first_step_s", "first step s", 1),
+    ("process_wall_s", "process wall s", 1),
+]
+
+
+def split_list(text: str, convert: Callable[[str], Any] = str) -> list:
+    """``"a,b,,c"`` -> ``[convert("a"), convert("b"), convert("c")]``."""
+    return [convert(item) for item in text.split(",") if item]
+
+
+def common_parser(description: str, *, steps: int, warmup: int) -> argparse.ArgumentParser:
+    """The options every benchmark script has; a script adds its own to it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps (batches, runs)")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help="untimed steps after compilation")
+    parser.add_argument("--rewrites", default="default",
+                        help="comma list of advcore.backend CPU model rewrites to compare: "
+                             "on, off, default (on exactly on the CPU backend)")
+    parser.add_argument("--devices", default="1",
+                        help="comma list of simulated CPU device counts (jax_num_cpu_devices, "
+                             "set through advcore.backend.configure_cpu)")
+    parser.add_argument("--xla_flags", action="append", default=None, metavar="FLAGS",
+                        help="one set of XLA flags to compare; repeat the option for several "
+                             "sets. 'library' = advcore.backend.CPU_XLA_FLAGS, as the command "
+                             "lines apply them (the default); 'none' = XLA's own defaults")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole grid this many times, interleaved (every other "
+                             "round in reverse order), and summarise each configuration's "
+                             "median and its ratio to its baseline round by round (see "
+                             "summarize)")
+    parser.add_argument("--compilation_cache", default="off",
+                        help="JAX's persistent compilation cache for the measured processes: "
+                             "'off', 'fresh' (a new empty temporary directory, removed at the "
+                             "end: round 1 compiles, later rounds load) or a directory")
+    parser.add_argument("--variant", default="", help="a free label for this run's rows")
+    parser.add_argument("--peak_gflops", type=float, default=0.0,
+                        help="peak for the fraction-of-peak column (0 = backend default)")
+    parser.add_argument("--timeout_s", type=float, default=3600,
+                        help="per-configuration time limit")
+    parser.add_argument("--no_save", action="store_true", help="print only, save no JSON")
+    return parser
+
+
+def xla_flag_sets(values: Optional[Sequence[str]]) -> list[Optional[str]]:
+    """``--xla_flags`` values -> flag strings; None: the library's choice."""
+    sets: list[Optional[str]] = []
+    for value in values or ["library"]:
+        value = value.strip()
+        sets.append(None if value == "library" else "" if value == "none" else value)
+    return sets
+
+
+def xla_flags_label(flags: Optional[str]) -> str:
+    """How a flag set shows in the tables; the library's says what it resolves to."""
+    if flags is None:
+        from advcore import backend
+
+        return f"library ({' '.join(backend.CPU_XLA_FLAGS) or 'none'})"
+    return flags or "none"
+
+
+def config_grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict]:
+    """The process-level settings (``CONFIG_KEYS``) to cross with a script's grid."""
+    rewrites = split_list(args.rewrites)
+    bad = [r for r in rewrites if r not in REWRITES]
+    if bad or not rewrites:
+        parser.error(f"--rewrites: got {args.rewrites!r}; valid values: {', '.join(REWRITES)}")
+    try:
+        devices = split_list(args.devices, int)
+    except ValueError:
+        devices = []
+    if not devices or min(devices) < 1:
+        parser.error(f"--devices: got {args.devices!r}; expected a comma list of ints >= 1")
+    return [{"rewrites": r, "devices": d, "xla_flags_label": xla_flags_label(flags),
+             "xla_flags": flags}
+            for r, d, flags in itertools.product(rewrites, devices,
+                                                 xla_flag_sets(args.xla_flags))]
+
+
+def cache_dir_for(option: str, parser: argparse.ArgumentParser) -> str:
+    """``--compilation_cache`` -> the directory the children use ('' = off)."""
+    if option == "off":
+        return ""
+    if option == "fresh":
+        return tempfile.mkdtemp(prefix="bench_jax_cache_")
+    path = os.path.abspath(os.path.expanduser(option))
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"--compilation_cache: {option!r} is not a directory; valid values: "
+                     "off, fresh or a directory")
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """What a benchmark script declares; ``run_benchmark`` does the rest.
+
+    Attributes:
+      name: the results name (``bench/results/<name>_<date>.json``); the
+        script is the module ``bench.<name>``.
+      description: the ``--help`` line.
+      columns: ``(record key, header, digits)`` of the printed table.
+      add_options: adds the script's own options to the common parser.
+      specs: ``(args, parser) -> [spec]``: the script's own grid (one dict of
+        JSON values per configuration, without the common settings).
+      run_child: ``spec -> record``, in the configuration's own process.
+      describe: ``spec -> str`` for the progress line.
+      details: record fields printed after the rate in the progress line.
+      steps, warmup: the defaults of ``--steps`` / ``--warmup``.
+    """
+
+    name: str
+    description: str
+    columns: list
+    add_options: Callable[[argparse.ArgumentParser], None]
+    specs: Callable[[argparse.Namespace, argparse.ArgumentParser], list[dict]]
+    run_child: Callable[[dict], dict]
+    describe: Callable[[dict], str] = str
+    details: str = ""
+    steps: int = 3
+    warmup: int = 1
+
+
+def run_benchmark(bench: Benchmark, argv: Optional[list[str]] = None) -> list[dict]:
+    """A benchmark script's entry point: child or parent, by its arguments.
+
+    The parent runs every configuration (the script's grid x the common
+    settings) in its own process, ``--rounds`` times, saves the records and
+    prints the table (and, with several rounds, the summary). Returns the
+    records (empty in a child).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if serve_child(argv, bench.run_child):
+        return []
+    parser = common_parser(bench.description, steps=bench.steps, warmup=bench.warmup)
+    bench.add_options(parser)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds: got {args.rounds}; expected an int >= 1")
+    own_specs, configs = bench.specs(args, parser), config_grid(args, parser)
+    common = {"steps": args.steps, "warmup": args.warmup, "peak_gflops": args.peak_gflops,
+              "variant": args.variant,
+              "compilation_cache_dir": cache_dir_for(args.compilation_cache, parser)}
+    grid = [{**own, **config, **common} for own in own_specs for config in configs]
+    try:
+        records = run_rounds(bench, grid, args)
+    finally:
+        if args.compilation_cache == "fresh":  # a temporary directory of ours
+            shutil.rmtree(common["compilation_cache_dir"], ignore_errors=True)
+    print()
+    print_table(records, bench.columns)
+    summary = summarize(records, varying_keys(grid)) if args.rounds > 1 else []
+    if summary:
+        print()
+        print_table(summary, SUMMARY_COLUMNS)
+    if common["compilation_cache_dir"]:
+        print()
+        print_table(records, COMPILE_COLUMNS)
+    if not args.no_save:
+        path = save_results(bench.name, records, argv, machine_info(), summary)
+        print(f"saved {path}")
+    return records
+
+
+def run_rounds(bench: Benchmark, grid: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Every configuration of ``grid``, ``args.rounds`` times, interleaved."""
+    records: list[dict] = []
+    for round_index in range(args.rounds):
+        order = grid if round_index % 2 == 0 else grid[::-1]
+        for spec in order:
+            spec = {**spec, "round": round_index + 1}
+            print(f"... round {round_index + 1}: {bench.describe(spec)} | rewrites "
+                  f"{spec['rewrites']}, {spec['devices']} device(s), XLA flags "
+                  f"{spec['xla_flags_label']}", file=sys.stderr, flush=True)
+            run_and_report(f"bench.{bench.name}", spec, records, timeout_s=args.timeout_s,
+                           details=bench.details)
+    return records
+
+
+# --------------------------------------------------------------------------
+# Interleaved rounds: a configuration against the first one, round by round.
+# --------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = [
+    ("config", "configuration", 0),
+    ("rounds", "rounds", 0),
+    ("median_img_per_s", "img/s (wall), median", 2),
+    ("min_img_per_s", "min", 2),
+    ("max_img_per_s", "max", 2),
+    ("median_ratio", "vs baseline, median ratio", 3),
+    ("faster_rounds", "faster in rounds", 0),
+]
+
+
+def varying_keys(grid: list[dict]) -> list[str]:
+    """The spec keys whose values differ between the grid's configurations."""
+    return [k for k in grid[0] if k not in ("xla_flags", "round")
+            and len({json.dumps(spec.get(k), sort_keys=True) for spec in grid}) > 1]
+
+
+def config_name(record: dict, keys: Sequence[str]) -> str:
+    """A record's configuration, named by the values of ``keys`` (no round)."""
+    return "; ".join(f"{k}={record.get(k)}" for k in keys) or "all"
+
+
+def summarize(records: list[dict], keys: Sequence[str]) -> list[dict]:
+    """Per configuration (named by ``keys``): median/min/max wall img/s over the
+    rounds and the median of its per-round ratio to its baseline (same round),
+    with the number of rounds it was faster in.
+
+    The baseline is the first configuration that differs at most in the
+    process-level settings (``CONFIG_KEYS``: rewrites, devices, XLA flags),
+    so a lever is compared on the same model, batch, shape... Interleaving
+    makes each ratio compare two runs a few minutes apart, so slow drift of
+    the machine (other jobs, thermal state) cancels.
+    """
+    ok = [r for r in records if "error" not in r]
+    own_keys = [k for k in keys if k not in CONFIG_KEYS]
+    names = list(dict.fromkeys(config_name(r, keys) for r in ok))
+    first = {r_own: name for name, r_own in reversed(
+        [(config_name(r, keys), config_name(r, own_keys)) for r in ok])}
+    rate = {(config_name(r, keys), r.get("round", 1)): r["img_per_s"] for r in ok}
+    baseline_of = {config_name(r, keys): first[config_name(r, own_keys)] for r in ok}
+    rows = []
+    for name in names:
+        baseline = baseline_of[name]
+        rates = [v for (n, _), v in rate.items() if n == name]
+        ratios = [v / rate[(baseline, rnd)] for (n, rnd), v in rate.items()
+                  if n == name and (baseline, rnd) in rate]
+        rows.append({
+            "config": name, "rounds": len(rates), "baseline": baseline,
+            "median_img_per_s": statistics.median(rates),
+            "min_img_per_s": min(rates), "max_img_per_s": max(rates),
+            "median_ratio": statistics.median(ratios) if ratios else None,
+            "faster_rounds": (f"{sum(r > 1 for r in ratios)} of {len(ratios)}"
+                              if ratios and name != baseline else "–"),
+        })
+    return rows
 
 
 # --------------------------------------------------------------------------
@@ -315,7 +672,8 @@ def serve_child(argv: list[str], run_child) -> bool:
 # --------------------------------------------------------------------------
 
 
-def save_results(name: str, records: list[dict], argv: list[str], info: dict) -> str:
+def save_results(name: str, records: list[dict], argv: list[str], info: dict,
+                 summary: Optional[list[dict]] = None) -> str:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(RESULTS_DIR, f"{name}_{stamp}.json")
@@ -325,6 +683,7 @@ def save_results(name: str, records: list[dict], argv: list[str], info: dict) ->
         "command": "python -m bench." + name + " " + " ".join(argv),
         "machine": info,
         "records": records,
+        "summary": summary or [],
     }
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, default=float)
@@ -334,6 +693,8 @@ def save_results(name: str, records: list[dict], argv: list[str], info: dict) ->
 def fmt(value, digits=2) -> str:
     if value is None or value == "":
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if value != value:  # nan
             return "–"
@@ -341,25 +702,29 @@ def fmt(value, digits=2) -> str:
     return str(value)
 
 
-def print_table(records: list[dict], columns: list[tuple[str, str, int]]) -> str:
-    head = "| " + " | ".join(c[1] for c in columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    rows = []
+def table_lines(records: list[dict], columns: list[tuple[str, str, int]]) -> list[str]:
+    """A markdown table of ``records``; a failed configuration shows its error."""
+    lines = ["| " + " | ".join(c[1] for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
     for r in records:
         if "error" in r:
-            rows.append("| " + " | ".join(
-                [fmt(r.get(columns[0][0]))] + [f"error: {r['error'][:60]!r}"]
+            lines.append("| " + " | ".join(
+                [fmt(r.get(columns[0][0]))] + [f"error ({r['error'][:60].strip()}...)"]
                 + ["" for _ in columns[2:]]) + " |")
-            continue
-        rows.append("| " + " | ".join(fmt(r.get(k), d) for k, _, d in columns) + " |")
-    table = "\n".join([head, sep, *rows])
+        else:
+            lines.append("| " + " | ".join(fmt(r.get(k), d) for k, _, d in columns) + " |")
+    return lines
+
+
+def print_table(records: list[dict], columns: list[tuple[str, str, int]]) -> str:
+    table = "\n".join(table_lines(records, columns))
     print(table)
     return table
 
 
-def all_results(names: tuple[str, ...] = ("bench_lbgat", "bench_eval", "bench_attacks")
-                ) -> list[dict]:
-    """Every saved result file of the ``names`` benchmarks, oldest first."""
+def all_results(names: Optional[Sequence[str]] = None) -> list[dict]:
+    """Every saved result file of the ``names`` benchmarks (default: all), oldest first."""
+    names = tuple(names or TITLES)
     payloads = []
     paths = [p for name in names for p in glob.glob(os.path.join(RESULTS_DIR, f"{name}_*.json"))]
     for path in sorted(paths, key=_stamp):
@@ -378,59 +743,78 @@ TITLES = {
     "bench_lbgat": "LBGAT step (lbgat_trades, PGD-10 KL inner loop, random 32x32x3)",
     "bench_eval": "Robust evaluation (attack + final forward, random 32x32x3)",
     "bench_attacks": "Attacks: PGD-20 and AutoAttack (SmallCNN / MNIST, WRN-16-4)",
+    "bench_conv": "One convolution: forward, input gradient, weight gradient",
 }
 
 
 GENERATED_MARKER = "<!-- tables below are generated by `python -m bench.common` -->"
+_DATE_LINE = re.compile(r"^- date: (\S+?);", re.MULTILINE)
+
+
+def payload_section(payload: dict, columns: list) -> str:
+    """One invocation's markdown: command, machine, versions, tables."""
+    m = payload["machine"]
+    amx = {True: ", AMX", False: ", no AMX"}.get(m.get("cpu_amx"), "")
+    out = [f"## {TITLES.get(payload['benchmark'], payload['benchmark'])}", "",
+           f"- command: `{payload['command']}`",
+           f"- date: {payload['date']}; machine: {m['cpu_model']}{amx}, {m['cpu_count']} cores; "
+           f"backend {m['backend']} ({m['device_kind']})",
+           f"- versions: python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, "
+           f"flax {m['flax']}, optax {m['optax']}, numpy {m['numpy']}"
+           + (f"; XLA_FLAGS `{m['xla_flags']}`" if m.get("xla_flags") else ""), ""]
+    for r in payload["records"]:
+        if r.get("flops_per_step") and "achieved_gflops_cpu_est" not in r:
+            add_flop_rates(r, r.get("peak_gflops_assumed"))
+    out += table_lines(payload["records"], columns)
+    if payload.get("summary") and max(r.get("round", 1) for r in payload["records"]) > 1:
+        out += ["", "Over the interleaved rounds:", ""]
+        out += table_lines(payload["summary"], SUMMARY_COLUMNS)
+    if any(r.get("compilation_cache_dir") for r in payload["records"]):
+        out += ["", "Compilation cache (`--compilation_cache`; one row per process, in the "
+                "order they ran):", ""]
+        out += table_lines(payload["records"], COMPILE_COLUMNS)
+    return "\n".join(out)
 
 
 def write_results_md(payloads: list[dict], columns: dict[str, list], path: str = RESULTS_MD,
                      preamble: str = "") -> None:
-    """Writes the tables; text above ``GENERATED_MARKER`` in ``path`` is kept."""
-    if not preamble and os.path.exists(path):
+    """Adds ``payloads`` to the generated tables of ``path``.
+
+    Text above ``GENERATED_MARKER`` is kept. So is every generated section
+    whose invocation has no JSON here (``bench/results/`` is not versioned):
+    a section is replaced only by the JSON of the same date; the sections
+    end up ordered by date.
+    """
+    sections: dict[str, str] = {}
+    if os.path.exists(path):
         with open(path) as f:
             text = f.read()
         if GENERATED_MARKER in text:
-            preamble = text.split(GENERATED_MARKER)[0]
+            old_preamble, generated = text.split(GENERATED_MARKER, 1)
+            preamble = preamble or old_preamble
+            for chunk in re.split(r"\n(?=## )", generated):
+                date = _DATE_LINE.search(chunk)
+                if chunk.strip() and date:
+                    sections[date.group(1)] = chunk.strip()
+    for payload in payloads:
+        sections[payload["date"]] = payload_section(payload, columns[payload["benchmark"]])
     preamble = preamble.strip() or "# Benchmark results"
     out = [preamble, "", GENERATED_MARKER, ""]
-    for payload in payloads:
-        name = payload["benchmark"]
-        m = payload["machine"]
-        out += [f"## {TITLES.get(name, name)}", "",
-                f"- command: `{payload['command']}`",
-                f"- date: {payload['date']}; machine: {m['cpu_model']}, {m['cpu_count']} cores; "
-                f"backend {m['backend']} ({m['device_kind']}, {m['num_devices']} device(s))",
-                f"- versions: python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, "
-                f"flax {m['flax']}, optax {m['optax']}, numpy {m['numpy']}"
-                + (f"; XLA_FLAGS `{m['xla_flags']}`" if m.get("xla_flags") else ""), ""]
-        cols = columns[name]
-        out += ["| " + " | ".join(c[1] for c in cols) + " |",
-                "|" + "|".join("---" for _ in cols) + "|"]
-        for r in payload["records"]:
-            if r.get("flops_per_step") and "achieved_gflops_cpu_est" not in r:
-                add_flop_rates(r, r.get("peak_gflops_assumed"))
-            if "error" in r:
-                out.append("| " + " | ".join(
-                    [fmt(r.get(cols[0][0]))] + [f"error ({r['error'][:40].strip()}...)"]
-                    + ["" for _ in cols[2:]]) + " |")
-            else:
-                out.append("| " + " | ".join(fmt(r.get(k), d) for k, _, d in cols) + " |")
-        out.append("")
+    for date in sorted(sections):
+        out += [sections[date], ""]
     with open(path, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Rebuild bench/RESULTS.md from bench/results/")
+    parser = argparse.ArgumentParser(description="Add bench/results/*.json to bench/RESULTS.md")
     parser.add_argument("--preamble", default="", help="a markdown file to put on top")
     args = parser.parse_args(argv)
-    from bench import bench_attacks, bench_eval, bench_lbgat
+    from bench import bench_attacks, bench_conv, bench_eval, bench_lbgat
 
     preamble = open(args.preamble).read() if args.preamble else ""
-    write_results_md(all_results(), {"bench_lbgat": bench_lbgat.COLUMNS,
-                                     "bench_eval": bench_eval.COLUMNS,
-                                     "bench_attacks": bench_attacks.COLUMNS},
+    scripts = (bench_lbgat, bench_eval, bench_attacks, bench_conv)
+    write_results_md(all_results(), {s.BENCHMARK.name: s.BENCHMARK.columns for s in scripts},
                      preamble=preamble)
     print(f"wrote {RESULTS_MD}")
 

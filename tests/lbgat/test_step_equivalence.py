@@ -8,7 +8,9 @@ library are checked against it:
   canonical NHWC/HWIO convolution, which XLA:CPU runs with its fast
   convolution library even inside the PGD while-loop; unpadded convolutions
   through the padded path; reshape max pooling);
-* the loop form (``attack.unroll`` 1 / 2 / full).
+* the loop form (``attack.unroll`` 1 / 2 / full);
+* the XLA:CPU flags ``advcore.backend.configure_cpu`` applies
+  (``CPU_XLA_FLAGS``), in a process of their own.
 
 fp32: loss, metrics and both models' parameters after a step agree to 1e-5.
 bf16 (``precision='bfloat16'``: bf16 compute, fp32 parameters and
@@ -68,11 +70,15 @@ def one_step(config, conv_impl, batch_np):
     return before, jax.device_get(new_state), jax.device_get(metrics)
 
 
-@pytest.fixture(scope="module")
-def batch_np():
+def make_batch():
     rng = np.random.default_rng(0)
     return {"image": rng.uniform(0, 1, (8, 32, 32, 3)).astype(np.float32),
             "label": rng.integers(0, 10, (8,)).astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def batch_np():
+    return make_batch()
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +99,11 @@ def assert_same_step(a, b):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), **FP32_TOL)
 
 
-# padding 0 takes the padded-and-sliced path (advcore.backend docstring).
-@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 3),
-                                              (2, 0, 3), (1, 0, 5)])
+# padding 0 takes the padded-and-sliced path, a 1x1 kernel with padding 0 the
+# matrix-product path (advcore.backend docstring); 9x9 inputs leave a
+# remainder row at stride 2, which both must drop as the convolution does.
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 1),
+                                              (1, 1, 1), (1, 0, 3), (2, 0, 3), (1, 0, 5)])
 def test_canonical_conv_vjp_equals_jax(stride, padding, k):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 4, 6))
@@ -115,6 +123,22 @@ def test_canonical_conv_vjp_equals_jax(stride, padding, k):
                                **FP32_TOL)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_unpadded_pointwise_conv_is_a_matrix_product(stride):
+    # The point of the 1x1 rewrite: no convolution is left for XLA:CPU to run
+    # in its generic loop, neither forward nor in either gradient.
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 4, 6))
+
+    def loss(x, w):
+        return jnp.sum(backend.canonical_conv2d(x, w, (stride, stride), ((0, 0), (0, 0))) ** 2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+    with pytest.raises(ValueError, match="1x1 HWIO kernel"):
+        backend.pointwise_conv2d(x, jnp.ones((3, 3, 4, 6)), (1, 1))
+
+
 def test_cpu_rewrite_selection():
     assert backend.cpu_rewrites_enabled() == (jax.default_backend() == "cpu")
     backend.set_cpu_rewrites(False)
@@ -123,6 +147,16 @@ def test_cpu_rewrite_selection():
     assert backend.cpu_rewrites_enabled()
     with pytest.raises(ValueError, match="enabled must be True, False or None"):
         backend.set_cpu_rewrites("winograd")
+
+
+def test_configure_cpu_keeps_the_users_xla_flags(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    backend.configure_cpu(xla_flags=("--xla_cpu_experimental_ynn_fusion_type=",
+                                     "--xla_cpu_use_onednn=false"))
+    import os
+
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_cpu_experimental_ynn_fusion_type=individual_dot", "--xla_cpu_use_onednn=false"]
 
 
 def test_models_are_plain_flax_outside_the_runtime():
@@ -160,3 +194,47 @@ def test_bfloat16_step_within_documented_bound(reference, batch_np):
             jax.tree.leaves(getattr(s16, tree).params), jax.tree.leaves(getattr(before, tree).params))])
         cosine = float(d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16)))
         assert cosine > BF16_UPDATE_COSINE, (tree, cosine)
+
+
+# Runs one fast-form step in a fresh process (XLA flags are read when the
+# backend starts) and saves its metrics and parameters.
+_STEP_IN_SUBPROCESS = """
+import importlib.util, sys
+import jax, numpy as np
+spec = importlib.util.spec_from_file_location("step_equivalence", sys.argv[1])
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+_, state, metrics = m.one_step(m.tiny_config(unroll=1), "canonical", m.make_batch())
+arrays = {f"metric/{k}": np.asarray(v) for k, v in metrics.items()}
+for tree in ("robust", "natural"):
+    for i, leaf in enumerate(jax.tree.leaves(getattr(state, tree))):
+        arrays[f"{tree}/{i}"] = np.asarray(leaf)
+np.savez(sys.argv[2], **arrays)
+"""
+
+
+def test_cpu_xla_flags_keep_the_step(reference, tmp_path):
+    if not backend.CPU_XLA_FLAGS:
+        pytest.skip("advcore.backend.CPU_XLA_FLAGS is empty: nothing to compare")
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, XLA_FLAGS=" ".join(backend.CPU_XLA_FLAGS), JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "step.npz"
+    proc = subprocess.run([sys.executable, "-c", _STEP_IN_SUBPROCESS, os.path.abspath(__file__),
+                           str(out)], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = np.load(out)
+    _, state, metrics = reference
+    for k in ("loss", "grad_norm", "loss/boundary", "train/adv_acc"):
+        if k in metrics:
+            np.testing.assert_allclose(got[f"metric/{k}"], metrics[k], err_msg=k, **FP32_TOL)
+    for tree in ("robust", "natural"):
+        leaves = jax.tree.leaves(getattr(state, tree))
+        for i, leaf in enumerate(leaves):
+            np.testing.assert_allclose(got[f"{tree}/{i}"], np.asarray(leaf), err_msg=f"{tree}/{i}",
+                                       **FP32_TOL)
