@@ -143,7 +143,8 @@ def setup(name: str) -> None:
     logging.getLogger("advcore").setLevel(logging.INFO if main_process else logging.WARNING)
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", cache_dir())
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        # Evaluation programs compile in about 1 s: keep those too.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     log.info("%s: backend %s, %d devices (%d local), %d process(es); compilation cache %s",
              name, jax.default_backend(), jax.device_count(), jax.local_device_count(),
              jax.process_count(), cache_dir() if _CACHE.value else "off")
