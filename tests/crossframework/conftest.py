@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from advcore.models import build_model, init_variables
+from configs.lbgat import cifar10
 
 NUM_CLASSES = 10
 BATCH = 8
@@ -136,6 +137,16 @@ def make_pair(x: np.ndarray) -> ModelPair:
     robust_vars = calibrate_running_stats(robust, robust_vars, x, 3)
     natural_vars = calibrate_running_stats(natural, natural_vars, x, 4)
     return ModelPair(robust, natural, robust_vars, natural_vars)
+
+
+def method_config(method: str, alpha: float = -1.0):
+    """The library's CIFAR-10 config of ``method`` with this folder's models and batch."""
+    config = cifar10.get_config(method)
+    config.model.robust.name, config.model.robust.kwargs = ROBUST_MODEL
+    config.model.natural.name, config.model.natural.kwargs = NATURAL_MODEL
+    config.loss.alpha = alpha
+    config.batch_size = BATCH
+    return config
 
 
 def smooth_images(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -33,12 +33,11 @@ import pytest
 
 from advcore import optim as optim_lib
 from advcore.variables import ModelVars
-from configs.lbgat import cifar10
 from lbgat_jax import state as state_lib
 from lbgat_jax import step as step_lib
 from lbgat_jax.methods import get_method
 
-from conftest import BATCH, NATURAL_MODEL, NUM_CLASSES, ROBUST_MODEL
+from conftest import NUM_CLASSES, method_config
 
 RTOL = 1e-5
 # Near 0 the frameworks' fp32 pre-activations differ by up to 4e-6 (measured
@@ -73,15 +72,6 @@ CASES = [
     ("alp", 1.0),
     ("bgat", 0.0),
 ]
-
-
-def method_config(method: str, alpha: float):
-    config = cifar10.get_config(method)
-    config.model.robust.name, config.model.robust.kwargs = ROBUST_MODEL
-    config.model.natural.name, config.model.natural.kwargs = NATURAL_MODEL
-    config.loss.alpha = alpha
-    config.batch_size = BATCH
-    return config
 
 
 def jax_step(pair, batch, method: str, alpha: float) -> dict:

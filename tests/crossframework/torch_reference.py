@@ -401,20 +401,29 @@ def train_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torc
 
 def pgd_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, *,
                  eps: float = 0.031, step_size: float = 0.003, num_steps: int = 20,
-                 grad_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                 grad_dtype: torch.dtype = torch.float32,
+                 projection: str = "delta") -> tuple[torch.Tensor, torch.Tensor]:
     """TRADES' white-box PGD evaluation; returns ``(x_pgd, still_correct)``.
 
     ``start`` is ``x + U(-eps, eps)`` (not clipped). ``grad_dtype`` as in
-    ``train_attack``.
+    ``train_attack``. ``projection``: ``"delta"`` is TRADES' evaluation,
+    ``x + clamp(x' - x, -eps, eps)``; ``"minmax"`` is the training attack's
+    ``min(max(x', x - eps), x + eps)``, equal in exact arithmetic but rounded
+    differently (for diagnosing one-ulp differences).
     """
+    if projection not in ("delta", "minmax"):
+        raise ValueError(f"projection must be 'delta' or 'minmax', got {projection!r}")
     model.eval()
     net = _in_precision(model, grad_dtype)
     x_pgd = start.clone()
     for _ in range(num_steps):
         grad = _input_grad(net, x_pgd.to(grad_dtype), lambda z: F.cross_entropy(z, y))
         x_pgd = x_pgd.detach() + step_size * torch.sign(grad).to(torch.float32)
-        delta = torch.clamp(x_pgd - x, -eps, eps)
-        x_pgd = torch.clamp(x + delta, 0.0, 1.0)
+        if projection == "delta":
+            x_pgd = x + torch.clamp(x_pgd - x, -eps, eps)
+        else:
+            x_pgd = torch.min(torch.max(x_pgd, x - eps), x + eps)
+        x_pgd = torch.clamp(x_pgd, 0.0, 1.0)
     with torch.no_grad():
         correct = model(x_pgd).argmax(dim=1) == y
     return x_pgd.detach(), correct
