@@ -22,8 +22,11 @@ import jax
 import numpy as np
 import pytest
 
+from advcore import data as data_lib
+from advcore import parallel
 from advcore.models import build_model, init_variables
 from configs.lbgat import cifar10
+from lbgat_jax import train
 
 NUM_CLASSES = 10
 BATCH = 8
@@ -35,14 +38,15 @@ NATURAL_MODEL = ("resnet18_lbgat", {"base_width": 4})
 BATCH_SEED = 4
 
 
-def torch_reference_module():
-    """The reference module, or a skip when PyTorch is not installed."""
-    pytest.importorskip(
-        "torch", reason="PyTorch (a test-only dependency) is not installed: the "
-        "cross-framework tests compare the library with a PyTorch reference")
+TORCH_MISSING = ("PyTorch (a test-only dependency) is not installed: these tests compare "
+                 "the library with a PyTorch reference")
+
+
+def import_torch_reference():
+    """``torch_reference``; skips the calling test module when PyTorch is absent."""
+    pytest.importorskip("torch", reason=TORCH_MISSING)
     import torch_reference
 
-    torch_reference.configure_torch()
     return torch_reference
 
 
@@ -115,13 +119,15 @@ class ModelPair:
     robust_vars: dict
     natural_vars: dict
 
-    def torch_robust(self, tr):
+    def torch_robust(self):
+        tr = import_torch_reference()
         model = tr.WideResNet(ROBUST_MODEL[1]["depth"], ROBUST_MODEL[1]["widen_factor"],
                               NUM_CLASSES)
         tr.load_flax_variables(model, self.robust_vars)
         return model
 
-    def torch_natural(self, tr):
+    def torch_natural(self):
+        tr = import_torch_reference()
         model = tr.ResNetCifar(NUM_CLASSES, NATURAL_MODEL[1]["base_width"])
         tr.load_flax_variables(model, self.natural_vars)
         return model
@@ -176,9 +182,11 @@ def make_batch() -> dict:
     return {"image": x, "label": y, "x_adv": x_adv}
 
 
-@pytest.fixture(scope="session")
-def tr():
-    return torch_reference_module()
+@pytest.fixture(scope="module", autouse=True)
+def reference_settings():
+    """The reference's torch settings for this folder's tests only."""
+    with import_torch_reference().reference_settings():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -187,5 +195,20 @@ def batch() -> dict:
 
 
 @pytest.fixture(scope="session")
-def pair(tr, batch) -> ModelPair:
+def pair(batch) -> ModelPair:
     return make_pair(batch["image"])
+
+
+@pytest.fixture(scope="session")
+def run_optimizer(batch):
+    """``(tx, lr_schedule)`` exactly as a training run builds them
+    (``lbgat_jax.train.build_run``), over a stand-in training split made of
+    this batch (no dataset is read). Every method here shares the optimizer
+    config, so one run serves all of them."""
+    images = np.round(batch["image"] * 255.0).astype(np.uint8)
+    split = data_lib.ArrayDataset(images, batch["label"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_lib, "load_split", lambda *args, **kwargs: split)
+        run = train.build_run(method_config("lbgat_trades"),
+                              mesh=parallel.make_mesh(jax.devices()[:1]))
+    return run["tx"], run["lr_schedule"]

@@ -25,7 +25,10 @@ from lbgat_jax import step as step_lib
 from lbgat_jax.methods import METHODS, get_method
 
 import pixel_agreement
-from conftest import NUM_CLASSES, method_config
+from conftest import NUM_CLASSES, method_config, import_torch_reference
+
+tr = import_torch_reference()  # skips this module when PyTorch is absent
+import torch  # noqa: E402  (only after the skip)
 
 # The official inner maximisation (LBGAT's train_lbgat_cifar100.py / lbgat.py).
 OFFICIAL = {"eps": 0.031, "step_size": 0.007, "num_steps": 10, "init_std": 0.001}
@@ -34,7 +37,7 @@ OFFICIAL = {"eps": 0.031, "step_size": 0.007, "num_steps": 10, "init_std": 0.001
 ATTACK_CASES = [("lbgat_trades", "kl"), ("lbgat", "ce")]
 
 
-def test_every_method_uses_its_official_attack_objective(tr):
+def test_every_method_uses_its_official_attack_objective():
     for method, official in tr.OFFICIAL_METHODS.items():
         assert get_method(method).attack_loss == official.attack_loss, method
     # Methods without a reference entry share one of these structures.
@@ -59,12 +62,10 @@ def jax_attack(pair, batch, method: str):
 
 
 @pytest.fixture(scope="module", params=ATTACK_CASES, ids=[m for m, _ in ATTACK_CASES])
-def attack_runs(request, tr, pair, batch):
-    import torch
-
+def attack_runs(request, pair, batch):
     method, loss = request.param
     ours, start = jax_attack(pair, batch, method)
-    model = pair.torch_robust(tr)
+    model = pair.torch_robust()
     args = (model, torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"]).long(),
             torch.from_numpy(start))
     kwargs = dict(loss=loss, eps=OFFICIAL["eps"], step_size=OFFICIAL["step_size"],

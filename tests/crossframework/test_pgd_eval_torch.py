@@ -34,17 +34,18 @@ from advcore.evaluation import evaluate_classifier
 from advcore.variables import ModelVars, apply_eval
 
 import pixel_agreement
-from conftest import BATCH_SEED, smooth_images
+from conftest import BATCH_SEED, smooth_images, import_torch_reference
+
+tr = import_torch_reference()  # skips this module when PyTorch is absent
+import torch  # noqa: E402  (only after the skip)
 
 EVAL_BATCH = 32
 EPS, STEP, STEPS = 0.031, 0.003, 20
 
 
 @pytest.fixture(scope="module")
-def eval_runs(tr, pair):
+def eval_runs(pair):
     """Labels are the model's clean predictions, so every flag is decided by the attack."""
-    import torch
-
     x = smooth_images(np.random.default_rng(BATCH_SEED + 1), EVAL_BATCH)
     variables = ModelVars.from_variables(pair.robust_vars)
     logits = jax.jit(lambda v, z: apply_eval(pair.robust_module, v, z))
@@ -60,7 +61,7 @@ def eval_runs(tr, pair):
     start = pixel_agreement.jitted_start(key, jnp.asarray(x), norm="linf", eps=EPS,
                                          random_start="uniform")
 
-    model = pair.torch_robust(tr)
+    model = pair.torch_robust()
     args = (model, torch.from_numpy(x), torch.from_numpy(y).long(), torch.from_numpy(start))
     kwargs = dict(eps=EPS, step_size=STEP, num_steps=STEPS)
     with torch.no_grad():
@@ -101,15 +102,13 @@ def test_robust_accuracy_flags_match_reference(eval_runs):
     np.testing.assert_array_equal(flags, ref)
 
 
-def test_evaluation_loop_reports_reference_robust_accuracy(eval_runs, tr, pair):
+def test_evaluation_loop_reports_reference_robust_accuracy(eval_runs, pair):
     """``evaluate_classifier`` draws batch ``start``'s attack key as ``fold_in(key, start)``."""
-    import torch
-
     key = jax.random.PRNGKey(5)
     x, y = eval_runs["x"], eval_runs["y"]
     start = pixel_agreement.jitted_start(jax.random.fold_in(key, 0), jnp.asarray(x),
                                          norm="linf", eps=EPS, random_start="uniform")
-    _, flags = tr.pgd_whitebox(pair.torch_robust(tr), torch.from_numpy(x),
+    _, flags = tr.pgd_whitebox(pair.torch_robust(), torch.from_numpy(x),
                                torch.from_numpy(y).long(), torch.from_numpy(start),
                                eps=EPS, step_size=STEP, num_steps=STEPS)
     result = evaluate_classifier(

@@ -67,11 +67,21 @@ def track_relu_margin() -> Iterator[list]:
         _relu_margins = previous
 
 
-def configure_torch() -> None:
-    """fp32 defaults, deterministic kernels, one thread (the machine is shared)."""
+@contextlib.contextmanager
+def reference_settings() -> Iterator[None]:
+    """float32 defaults, deterministic kernels and one thread inside the block
+    (the previous settings are restored afterwards)."""
+    saved = (torch.get_default_dtype(), torch.are_deterministic_algorithms_enabled(),
+             torch.get_num_threads())
     torch.set_default_dtype(torch.float32)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.set_num_threads(saved[2])
 
 
 # --------------------------------------------------------------------------
