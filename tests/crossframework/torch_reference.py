@@ -342,11 +342,6 @@ def flax_tree(model: nn.Module, what: str) -> dict:
     return tree
 
 
-def to_torch(a, dtype=torch.float32) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, dtype=np.float64 if dtype == torch.float64
-                                     else np.float32))
-
-
 # --------------------------------------------------------------------------
 # Losses with the official reductions.
 # --------------------------------------------------------------------------
