@@ -17,7 +17,7 @@ def column_ranks(table: Table, column: str) -> dict[str, float]:
     """Ranks the rows that have a value in ``column`` (1 = highest accuracy).
 
     Tied rows all get the best rank of the places they span ("competition"
-    ranking: 99.36, 99.36, 99.04 rank 1, 1, 3). SPEC 4.6 leaves ties
+    ranking: 99.36, 99.36, 99.04 rank 1, 1, 3). The LADDER paper leaves ties
     unspecified, but the LADDER paper's printed MNIST Avg. Ranks (LADDER
     3.29, cavRandom 5.00, Random 3.29) are reproduced only this way; mean
     ranks would give 3.43 and 5.07.
@@ -30,7 +30,7 @@ def column_ranks(table: Table, column: str) -> dict[str, float]:
 
 
 def avg_rank(table: Table, columns: Optional[Sequence[str]] = None) -> dict[str, float]:
-    """LADDER's Avg. Rank (SPEC 4.6).
+    """LADDER's Avg. Rank (docs/ladder.md#avg-rank).
 
     For every column (Clean plus each attack) all rows, the vanilla model
     included, are ranked by accuracy; rows with "−" in a column are left out

@@ -122,7 +122,7 @@ RUN_BY_KEY.update({r.key: r for r in EXTRA_RUNS})
 SCALES = ("smoke", "cpu", "cpu_lr01", "cpu60k", "full")
 DATASETS = ("mnist", "fashion_mnist")
 
-# Evaluation protocol per dataset (TRADES' MNIST attack; SPEC 4.1-4.5 scaled):
+# Evaluation protocol per dataset (TRADES' MNIST attack; docs/attacks.md#paper-settings, scaled):
 # eps, the white-box PGD (name, step), CW-20 step. CW-20 takes a step that
 # covers the same distance as the PGD (2 x eps on MNIST's 40 x 0.01 = 0.4).
 EVAL = {

@@ -1,6 +1,6 @@
 """The LBGAT family and its baselines as data: which models, attack and loss terms.
 
-Each method is described by a ``MethodSpec`` (SPEC 1.5). The train step reads
+Each method is described by a ``MethodSpec`` (docs/lbgat.md#methods). The train step reads
 the spec and never branches on the method name, so adding a method means
 adding one entry here.
 
@@ -60,22 +60,22 @@ METHODS: dict[str, MethodSpec] = {
     # Natural (standard) training: the frozen BGAT teacher and the
     # black-box transfer source are trained with this.
     "natural": MethodSpec(attack_loss="ce", robust_ce_clean=True, adversarial=False),
-    # Madry et al.: CE on PGD examples (SPEC 1.5.1).
+    # Madry et al.: CE on PGD examples (docs/lbgat.md#vanilla-at).
     "vanilla_at": MethodSpec(attack_loss="ce", robust_ce_adv=True),
-    # Kannan et al.: CE(M(x'), y) + α·MSE(M(x'), M(x)), α = 1 (SPEC 1.5.2).
+    # Kannan et al.: CE(M(x'), y) + α·MSE(M(x'), M(x)), α = 1 (docs/lbgat.md#alp).
     "alp": MethodSpec(attack_loss="ce", robust_ce_adv=True, alp=True, default_alpha=1.0),
-    # Zhang et al.: CE(M(x), y) + α·KL, KL attack (SPEC 1.5.8).
+    # Zhang et al.: CE(M(x), y) + α·KL, KL attack (docs/lbgat.md#trades).
     "trades": MethodSpec(
         attack_loss="kl", robust_ce_clean=True, trades_kl=True, default_alpha=6.0
     ),
-    # BGAT: frozen natural ensemble, MSE only, CE attack (SPEC 1.5.3).
+    # BGAT: frozen natural ensemble, MSE only, CE attack (docs/lbgat.md#bgat).
     "bgat": MethodSpec(attack_loss="ce", teacher="frozen", boundary=True),
-    # LBGAT, Eq. 3: MSE + β·CE(M_n(x), y), CE attack (SPEC 1.5.4).
+    # LBGAT, Eq. 3: MSE + β·CE(M_n(x), y), CE attack (docs/lbgat.md#lbgat).
     "lbgat": MethodSpec(
         attack_loss="ce", teacher="learnable", boundary=True, natural_ce=True,
         clean_student_pass=True,
     ),
-    # LBGAT+TRADES: exactly the official code (SPEC 1.2-1.3, 1.5.5).
+    # LBGAT+TRADES: exactly the official code (docs/lbgat.md#lbgat-trades).
     "lbgat_trades": MethodSpec(
         attack_loss="kl",
         teacher="learnable",
@@ -85,7 +85,7 @@ METHODS: dict[str, MethodSpec] = {
         clean_student_pass=True,
         default_alpha=0.0,
     ),
-    # LBGAT+ALP, Eq. 4 with a learnable teacher (SPEC 1.5.7).
+    # LBGAT+ALP, Eq. 4 with a learnable teacher (docs/lbgat.md#lbgat-alp).
     "lbgat_alp": MethodSpec(
         attack_loss="ce",
         teacher="learnable",
@@ -94,7 +94,7 @@ METHODS: dict[str, MethodSpec] = {
         alp=True,
         default_alpha=1.0,
     ),
-    # BGAT+TRADES: frozen teacher, no CE (SPEC 1.5.6).
+    # BGAT+TRADES: frozen teacher, no CE (docs/lbgat.md#bgat-trades).
     "bgat_trades": MethodSpec(
         attack_loss="kl",
         teacher="frozen",
@@ -103,7 +103,7 @@ METHODS: dict[str, MethodSpec] = {
         clean_student_pass=True,
         default_alpha=0.0,
     ),
-    # BGAT+ALP (SPEC 1.5.7).
+    # BGAT+ALP (docs/lbgat.md#lbgat-alp).
     "bgat_alp": MethodSpec(
         attack_loss="ce", teacher="frozen", boundary=True, alp=True, default_alpha=1.0
     ),

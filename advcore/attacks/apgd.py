@@ -1,4 +1,4 @@
-"""Auto-PGD (APGD) and targeted APGD (APGD-T), JAX-native (SPEC 4.5).
+"""Auto-PGD (APGD) and targeted APGD (APGD-T), JAX-native (docs/attacks.md#apgd).
 
 Reference: F. Croce and M. Hein, "Reliable evaluation of adversarial
 robustness with an ensemble of diverse parameter-free attacks", ICML 2020
@@ -138,7 +138,7 @@ def _schedule_params(num_iters: int) -> Tuple[int, int, int]:
 
 
 def apgd_checkpoints(num_iters: int) -> list[int]:
-    """The APGD checkpoints as 1-based iteration counts (SPEC 4.5).
+    """The APGD checkpoints as 1-based iteration counts (docs/attacks.md#apgd).
 
     The first window is 22% of ``num_iters``; each next window is 3% shorter,
     down to a minimum of 6%. For 100 iterations this gives

@@ -2,7 +2,7 @@
 
 Reference: Carlini & Wagner, "Towards Evaluating the Robustness of Neural
 Networks", IEEE S&P 2017; defaults and control flow follow cleverhans v3
-``CarliniWagnerL2`` (the implementation LADDER used, SPEC 4.6).
+``CarliniWagnerL2`` (the implementation LADDER used; docs/attacks.md#cw-l2).
 
 Algorithm, per batch (every step is a masked, per-example array op):
 

@@ -2,7 +2,7 @@
 
 Reference: Papernot et al., "The Limitations of Deep Learning in Adversarial
 Settings", EuroS&P 2016; control flow follows cleverhans v3 ``jsma_symbolic``
-(the implementation LADDER used, SPEC 4.6: theta = 1, gamma = 1, clip [0, 1],
+(the implementation LADDER used, docs/attacks.md#jsma: theta = 1, gamma = 1, clip [0, 1],
 random targets).
 
 Each iteration, for every example not yet done:

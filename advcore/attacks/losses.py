@@ -1,4 +1,4 @@
-"""Per-example attack losses (SPEC 1.2, 4.1, 4.2, 4.5).
+"""Per-example attack losses (docs/attacks.md).
 
 Every function maps logits of shape ``(B, K)`` (and int labels of shape
 ``(B,)``) to a per-example loss of shape ``(B,)``. Sign convention: **larger
@@ -67,9 +67,9 @@ def cw_margin(logits: jax.Array, y: jax.Array, kappa: float = 0.0) -> jax.Array:
     leads by ``kappa``. Ascent increases misclassification; correctly
     classified points (``m < 0 <= kappa``) always receive a gradient.
 
-    ``kappa = 0`` (the default, and our CW^20 setting, SPEC 4.2) stops pushing
+    ``kappa = 0`` (the default, and our CW^20 setting, docs/attacks.md#cw-margin) stops pushing
     as soon as a point is misclassified. The ``-ReLU(z_y - max_{j != y} z_j + 50)``
-    variant of SPEC 4.2 equals ``cw_margin(..., kappa=50) - 50``: same gradient.
+    variant (docs/attacks.md#cw-margin) equals ``cw_margin(..., kappa=50) - 50``: same gradient.
     For a targeted attack ``y`` is the target and the attack descends the loss.
     """
     _check_logits(logits, 2, "cw_margin")
@@ -107,7 +107,7 @@ def kl(logits_adv: jax.Array, logits_ref: jax.Array) -> jax.Array:
 
 
 def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Difference of Logits Ratio (Croce & Hein 2020), SPEC 4.5.
+    """Difference of Logits Ratio (Croce & Hein 2020), docs/attacks.md#apgd.
 
     ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``pi`` sorting
     the logits in descending order. Shift- and scale-invariant; positive when
@@ -120,7 +120,7 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def targeted_dlr(logits: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
-    """Targeted DLR (Croce & Hein 2020), SPEC 4.5.
+    """Targeted DLR (Croce & Hein 2020), docs/attacks.md#apgd.
 
     ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``. Ascent moves
     the prediction from the true class ``y`` towards the target ``t`` (APGD-T

@@ -8,12 +8,12 @@ PGD's two threat models, L-inf and L2, are small pure functions (the DeepMind
 ``adversarial_robustness`` split between initialise/project functions):
 
 * ``*_init``: the random start. It is **not** clipped to the bounds: the
-  first gradient is taken at the raw start (SPEC 1.2, 4.1); the first
+  first gradient is taken at the raw start (docs/attacks.md#random-starts); the first
   projection happens after the first step.
 * ``*_direction``: the unit step direction from a gradient (``sign`` for
   L-inf; the per-example L2-normalised gradient for L2).
 * ``*_project``: project onto the eps-ball around ``x0`` first, then clip to
-  the box ``bounds`` (SPEC 7: keep this order).
+  the box ``bounds`` (docs/attacks.md#projection-order: keep this order).
 
 Axis 0 is the batch axis; per-example norms reduce over all other axes. To
 vmap an attack over single examples, give each a leading batch axis of 1.
@@ -105,12 +105,12 @@ def canonical_norm(norm: str, valid: Tuple[str, ...] = ATTACK_NORMS) -> str:
 
 
 def normal_init(key: jax.Array, x: jax.Array, init_std: float) -> jax.Array:
-    """``x + init_std * N(0, I)`` (TRADES, SPEC 1.2); same for both norms."""
+    """``x + init_std * N(0, I)`` (TRADES); same for both norms."""
     return x + (init_std * jax.random.normal(key, x.shape, jnp.float32)).astype(x.dtype)
 
 
 def linf_init(key: jax.Array, x: jax.Array, eps: float) -> jax.Array:
-    """``x + U(-eps, eps)^d`` (Madry / TRADES eval, SPEC 4.1)."""
+    """``x + U(-eps, eps)^d`` (Madry / TRADES eval)."""
     delta = jax.random.uniform(key, x.shape, jnp.float32, minval=-1.0, maxval=1.0)
     return x + (eps * delta).astype(x.dtype)
 
@@ -180,7 +180,7 @@ def clip_to_bounds(x: jax.Array, bounds: Tuple[float, float]) -> jax.Array:
 def linf_project(
     x_adv: jax.Array, x0: jax.Array, eps: float, bounds: Tuple[float, float] = (0.0, 1.0)
 ) -> jax.Array:
-    """``clip(clip(x_adv, x0 - eps, x0 + eps), lo, hi)`` (SPEC 4.1)."""
+    """``clip(clip(x_adv, x0 - eps, x0 + eps), lo, hi)`` (docs/attacks.md#projection-order)."""
     x_adv = jnp.minimum(jnp.maximum(x_adv, x0 - eps), x0 + eps)
     return clip_to_bounds(x_adv, bounds)
 

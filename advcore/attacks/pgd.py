@@ -194,7 +194,7 @@ def pgd(
 ) -> jax.Array:
     """Projected gradient ascent (Madry et al. 2018) on a per-example loss.
 
-    Iteration (SPEC 1.2 / 4.1 order), starting from the *unclipped* random
+    Iteration (the official codes' order, docs/attacks.md#projection-order), starting from the *unclipped* random
     start ``x_0'``::
 
         g   = grad_x sum_b objective(logits_fn(x'))_b
@@ -219,8 +219,8 @@ def pgd(
         ``"kl"`` (TRADES KL to the clean prediction, reference computed once
         and stop-gradient), or a callable ``(logits, labels) -> (B,)`` to ascend.
       random_start: ``"uniform"`` (default; U(-eps, eps) for linf, uniform in
-        the ball for l2, SPEC 4.1), ``"normal"`` (``x + init_std * N(0, 1)``,
-        SPEC 1.2) or ``"none"``. The start is not clipped before the first
+        the ball for l2, TRADES' evaluation), ``"normal"`` (``x + init_std * N(0, 1)``,
+        TRADES' training attack) or ``"none"``. The start is not clipped before the first
         gradient.
       init_std: std of the ``"normal"`` start (TRADES: 0.001).
       targeted: minimise the loss at ``target`` instead of maximising at ``y``.
@@ -302,8 +302,8 @@ def fgsm(
 ) -> jax.Array:
     """FGSM (Goodfellow et al. 2015): one step of size ``eps``, no random start.
 
-    ``x_adv = clip(x + eps * sign(grad_x loss), *bounds)`` (SPEC 4.3: eps 0.031
-    on CE for LBGAT; LADDER uses eps 0.3, SPEC 4.6). ``norm="l2"`` gives the
+    ``x_adv = clip(x + eps * sign(grad_x loss), *bounds)`` (docs/attacks.md#fgsm: eps 0.031
+    on CE for LBGAT; LADDER uses eps 0.3). ``norm="l2"`` gives the
     fast gradient method with an L2-normalised step. ``key`` is unused (kept
     for the common attack signature). Note: with ``loss="kl"`` the gradient
     at ``x`` is zero, so FGSM-KL returns ``x``.

@@ -1,7 +1,7 @@
 """Stored attack sets: adversarial examples crafted once, saved, re-scored later.
 
 LADDER evaluates every defended model on attack sets generated **once against
-the vanilla model** (SPEC 4.6, the black-box tables). A set is a directory::
+the vanilla model** (docs/ladder.md#evaluation, the black-box tables). A set is a directory::
 
     images.npy    (N, H, W, C) uint8 (default) or float32 in [0, 1]
     labels.npy    (N,) int32   true labels of the source images

@@ -1,4 +1,4 @@
-"""Black-box transfer attacks (LBGAT §4.2, SPEC 4.4).
+"""Black-box transfer attacks (LBGAT §4.2; docs/attacks.md#transfer).
 
 Adversarial examples are crafted white-box on a *source* model and scored on
 a *target* model that the attack never queries. Both ``logits_fn`` arguments
@@ -44,7 +44,7 @@ def transfer_attack(
       x, y: clean inputs (in the attack's bounds) and true labels.
       key: the attack's PRNG key.
       attack: ``attack(logits_fn, x, y, key) -> x_adv`` or a ``make_attack``
-        name (default ``"pgd20"``: the SPEC 4.4 protocol).
+        name (default ``"pgd20"``: LBGAT's transfer protocol).
 
     Returns:
       ``(x_adv, target_pred)``: the transferred examples (crafted on the

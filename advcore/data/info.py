@@ -39,7 +39,7 @@ class DatasetInfo:
       num_classes: number of labels.
       image_shape: (H, W, C) of the images *as served* (after any resize).
       train_augment: the paper's training augmentation, 'crop_flip' (random
-        crop with 4-px zero padding + horizontal flip, SPEC 1.1) or 'none'.
+        crop with 4-px zero padding + horizontal flip, docs/data.md#augmentation) or 'none'.
       splits: split name -> number of examples of the full dataset.
       tfds_name: the tfds builder name, or None when tfds has no builder.
       local: whether an offline local source exists (source='local').

@@ -3,7 +3,7 @@
 Users with internet run `tfds.data_source('mnist', download=True)`. Offline
 machines (CI) have the same data from the local sources (see local.py) but
 tfds cannot prepare it: its checksums are of the upstream .gz bytes, and its
-extractor and PNG encoder need TensorFlow (../shared/DATA.md §3(b)). The subclasses
+extractor and PNG encoder need TensorFlow (docs/data.md#offline-tfds-layout). The subclasses
 below keep the official builders' `_info` (features, label names, version)
 and only replace where examples come from, yielding the verified local
 arrays as PIL images that tfds PNG-encodes with PIL. Afterwards

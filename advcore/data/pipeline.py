@@ -1,6 +1,6 @@
 """Training and evaluation batch pipelines over in-memory `ArrayDataset`s.
 
-Training uses grain (pattern E of ../shared/DATA.md, the fastest measured on 2 cores):
+Training uses grain (the fastest pipeline measured on 2 cores; docs/data.md#training-pipeline):
 shuffle *indices* with `MapDataset.range(N).shuffle(seed)`, batch them into
 global batches, repeat (grain reshuffles each epoch), then gather rows from
 the numpy arrays and augment the whole batch at once. The result is a grain
@@ -23,7 +23,7 @@ import numpy as np
 
 from advcore.data.info import AUGMENTATIONS, ArrayDataset
 
-CROP_PADDING = 4  # LBGAT / SPEC 1.1: RandomCrop(32, padding=4), zero padding.
+CROP_PADDING = 4  # LBGAT (docs/data.md#augmentation): RandomCrop(32, padding=4), zero padding.
 _AUG_STREAM = 0x6A7567  # separates the augmentation RNG stream from others.
 
 

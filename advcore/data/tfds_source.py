@@ -1,6 +1,6 @@
 """The tfds source: `tfds.data_source` (ArrayRecord, no TensorFlow needed) decoded into numpy.
 
-Offline rules learned the hard way (../shared/DATA.md §3):
+Offline rules learned the hard way (docs/data.md#tfds-offline-rules):
   * `tfds.data_source` defaults to download=True, which hangs ~200 s on DNS
     retries without network, so we pass download=False unless asked.
   * With download=False an unprepared dataset fails with a confusing

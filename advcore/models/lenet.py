@@ -1,4 +1,4 @@
-"""LADDER's MNIST LeNet (SPEC 2.3), i.e. the PyTorch ``examples/mnist`` ``Net``.
+"""LADDER's MNIST LeNet (docs/ladder.md#classifiers), i.e. the PyTorch ``examples/mnist`` ``Net``.
 
 Source: zhouxiaowei1120/LADDER ``generate_latent/mnist_main.py`` (the only
 LADDER classifier whose checkpoint ships). On 28x28x1 inputs:
@@ -16,7 +16,7 @@ Deviations:
   so attacks and LADDER perturbations work in [0, 1] pixel space.
 
 ``features(x)`` is LADDER's latent z: the fc1 output **before** the ReLU
-(500-d; LADDER reads it with a forward hook on fc1, SPEC 2.3 -- the paper's
+(500-d; LADDER reads it with a forward hook on fc1, docs/ladder.md#classifiers -- the paper's
 "input to the last layer" would be post-ReLU). ``classify(z) = fc2(ReLU(z))``.
 """
 

@@ -1,4 +1,4 @@
-"""Post-activation ResNet18 variants for 32x32 inputs (SPEC 2.2).
+"""Post-activation ResNet18 variants for 32x32 inputs (docs/lbgat.md#resnet18).
 
 Two variants that differ only in strides and pooling (do not merge them):
 

@@ -1,4 +1,4 @@
-"""TRADES MNIST ``SmallCNN`` (SPEC 2.3, last bullet).
+"""TRADES MNIST ``SmallCNN`` (docs/lbgat.md#small-cnn).
 
 Source: yaodongyu/TRADES ``models/small_cnn.py``. On 28x28x1 inputs:
 conv3x3(1->32) ReLU conv3x3(32->32) ReLU MP2 conv3x3(32->64) ReLU

@@ -1,4 +1,4 @@
-"""LADDER's VGG-style target classifiers for SVHN and CelebA (SPEC 2.3).
+"""LADDER's VGG-style target classifiers for SVHN and CelebA (docs/ladder.md#classifiers).
 
 ``vgg8_svhn`` -- ``SVHNNet`` (LADDER ``generate_latent/svhn_clssifier.py``,
 ``svhnVGG('VGG8')``) on 32x32x3 inputs in [0, 1], no normalisation:
@@ -18,7 +18,7 @@ on 128x128x3 inputs in [0, 1]:
   adaptive avg-pool (old torchvision, as LADDER ran it).
 * head: Linear(8192->4096) -> ReLU -> Dropout -> Linear(4096->2048) -> ReLU ->
   Dropout -> Linear(2048->1), a single smile logit (BCE-with-logits;
-  LADDER predicts "smiling" when the logit is >= 0.5, SPEC 2.3).
+  LADDER predicts "smiling" when the logit is >= 0.5, docs/ladder.md#celeba-threshold).
 * ``features`` = the 4096-d output of the first head Linear **before** ReLU;
   ``classify`` applies the rest of the head.
 * The ImageNet mean/std normalisation of the PyTorch data transform is folded

@@ -1,4 +1,4 @@
-"""Pre-activation WideResNet as used by TRADES and LBGAT (SPEC 2.1).
+"""Pre-activation WideResNet as used by TRADES and LBGAT (docs/lbgat.md#wrn).
 
 Source: ``models/wideresnet.py`` of yaodongyu/TRADES and dvlab-research/LBGAT
 (identical), itself from xternalz/WideResNet-pytorch (Zagoruyko & Komodakis,
@@ -65,7 +65,7 @@ class WRNBlock(nn.Module):
             # PyTorch only allows in == out with stride 1 here (true for every WRN).
             shortcut = x
         else:
-            # The shortcut sees the pre-activated input a, not x (SPEC 2.1).
+            # The shortcut sees the pre-activated input a, not x (docs/lbgat.md#wrn).
             shortcut = conv(self.out_features, 1, self.stride, 0, "convShortcut")(a)
         return shortcut + out
 

@@ -14,6 +14,7 @@ twice. Marked ``install``: deselect with ``-m 'not install'``.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,9 +52,13 @@ USER_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
+    # Built from a copy of the sources: setuptools writes build/ next to them.
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "runs", "__pycache__", "experiments"))
     dist = root / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
-                    REPO], check=True, cwd=root)
+                    str(source)], check=True, cwd=root)
     wheel = next(dist.glob("boundary_guided_at-*.whl"))
     env_dir = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)

@@ -126,7 +126,7 @@ def test_wrn_block_matches_pytorch_forward(cin, cout, stride):
     a = relu(bn_eval(x64, p["bn1"], s["bn1"]))
     out = relu(bn_eval(conv_ref(a, p["conv1"], stride, 1), p["bn2"], s["bn2"]))
     out = conv_ref(out, p["conv2"], 1, 1)
-    # Width change: the 1x1 shortcut sees the pre-activated a (SPEC 2.1); else raw x.
+    # Width change: the 1x1 shortcut sees the pre-activated a (docs/lbgat.md#wrn); else raw x.
     shortcut = conv_ref(a, p["convShortcut"], stride, 0) if cin != cout else x64
     np.testing.assert_allclose(y, out + shortcut, rtol=1e-4, atol=1e-4)
 

@@ -104,7 +104,7 @@ VGG11_COUNT = (
 
 
 def test_hand_formulas_reproduce_spec_numbers():
-    # Cross-checks the formulas themselves against SPEC 2.1 / known figures.
+    # Cross-checks the formulas themselves against docs/lbgat.md#wrn / known figures.
     assert wrn_count(34, 10, 10) == 46_160_474
     assert wrn_count(34, 10, 100) == 46_218_164
     assert wrn_count(34, 20, 10) == 184_531_674

@@ -51,7 +51,7 @@ def test_ladder_claims_hold_on_the_papers_numbers():
     judged = {c: v for c, v in verdicts.items() if v != "not run"}
     assert len(judged) == 7
     assert all(v.startswith("holds") for v in judged.values()), judged
-    # The paper's Avg. Ranks are reproduced by advcore.tables.avg_rank (SPEC 4.6):
+    # The paper's Avg. Ranks are reproduced by advcore.tables.avg_rank (docs/ladder.md#avg-rank):
     # LADDER 3.29 vs vanilla 3.57.
     evidence = next(e for c, _, e in claims if "Avg. Rank than the vanilla" in c)
     assert "LADDER 3.29" in evidence and "Vanilla 3.57" in evidence
