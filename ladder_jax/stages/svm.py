@@ -41,7 +41,7 @@ def units(ctx) -> list[Unit]:
     # the run's eps unit and classifies them with the vanilla head; the
     # 'pixels255' fit recomputes latents through the vanilla model.
     settings = config_values(c, "svm", "seed", "generate.eps_unit", "generate.per_class_cap")
-    return [Unit("svm", STAGE, settings, train_svms, inputs=("classifier", "latents"),
+    return [Unit("svm", STAGE, settings, train_svms, inputs=("latents", "classifier"),
                  outputs=(OUTPUT,))]
 
 
