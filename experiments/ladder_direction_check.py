@@ -108,8 +108,8 @@ def write_markdown(result: dict, path: str) -> None:
         L.append(f"| `{name}` | LADDER | " + " | ".join(
             f"{100 * f:.1f} ({100 * t:.1f})" for f, t in zip(c["ladder_flip"],
                                                              c["ladder_to_target"])) + " |")
-        L.append(f"| `{name}` | random | " + " | ".join(f"{100 * f:.1f}"
-                                                       for f in c["random_flip"]) + " |")
+        random = " | ".join(f"{100 * f:.1f}" for f in c["random_flip"])
+        L.append(f"| `{name}` | random | {random} |")
     L.append("| (all) | step / ‖z‖ | " + " | ".join(f"{s:.3f}" for s in
                                                    first["relative_step"]) + " |")
     L.append("")

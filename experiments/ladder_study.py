@@ -3,7 +3,8 @@
     python -m experiments.ladder_study --dataset=mnist --scale=smoke
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --parts=main
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --parts=eps,whitebox
-    python -m experiments.ladder_study --dataset=mnist --scale=cpu_previous_defaults --parts=variants
+    python -m experiments.ladder_study --dataset=mnist --scale=cpu_previous_defaults \
+        --parts=variants
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --report_only
 
 Drives the ``ladder_jax`` CLI, one subprocess per stage, so the command

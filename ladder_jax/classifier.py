@@ -120,6 +120,11 @@ class Classifier:
         return jax.jit(lambda mv, x, y: self.predict_logits(self.logits(mv, x)) == y)
 
     @functools.cached_property
+    def latent_pred(self) -> Callable:
+        """jit(mv, z) -> the predicted label of latents z (the head after ``features``)."""
+        return jax.jit(lambda mv, z: self.predict_logits(self.classify(mv, z)))
+
+    @functools.cached_property
     def features_and_pred(self) -> Callable:
         """jit(mv, x, scale) -> (z = features(scale * x), predicted label)."""
 

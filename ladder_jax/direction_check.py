@@ -99,6 +99,9 @@ def _pad_rows(a: np.ndarray, multiple: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
 
 
+_latent_attention = jax.jit(attention_svm.latent_attention, static_argnames=("use_exp",))
+
+
 def pair_attention(svms: attention_svm.LatentSVM, pair_of: np.ndarray, z: np.ndarray,
                    use_exp: bool, chunk: int = 64) -> np.ndarray:
     """(N, D) beta of every latent under its own pair's SVM (``pair_of[i]`` indexes ``svms``).
@@ -106,14 +109,14 @@ def pair_attention(svms: attention_svm.LatentSVM, pair_of: np.ndarray, z: np.nda
     One pair at a time (gathering a (D, D) attention kernel per latent would
     take gigabytes), in padded chunks of one shape: one compiled program.
     """
-    run = jax.jit(lambda svm, zz: attention_svm.latent_attention(svm, zz, use_exp))
     z = np.asarray(z, np.float32)
     beta = np.zeros(z.shape, np.float32)
     for p in np.unique(pair_of):
         rows = np.nonzero(pair_of == p)[0]
         svm = jax.tree.map(lambda a: jnp.asarray(a[p]), svms)
         zp = _pad_rows(z[rows], chunk)
-        out = np.concatenate([np.asarray(run(svm, zp[i:i + chunk]))
+        out = np.concatenate([np.asarray(_latent_attention(svm, zp[i:i + chunk],
+                                                           use_exp=use_exp))
                               for i in range(0, len(zp), chunk)])
         beta[rows] = out[:len(rows)]
     return beta
@@ -152,9 +155,9 @@ def flip_fractions(predict: Callable[[jax.Array], jax.Array], z: np.ndarray,
     return out
 
 
-def same_length_random(step: np.ndarray, key: jax.Array) -> np.ndarray:
-    """A Gaussian direction per row, scaled to that row's ||step||."""
-    u = np.asarray(jax.random.normal(key, step.shape, jnp.float32), np.float64)
+def same_length_random(step: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A Gaussian direction per row (drawn from ``rng``), scaled to that row's ||step||."""
+    u = rng.standard_normal(step.shape)
     length = np.linalg.norm(np.asarray(step, np.float64), axis=-1, keepdims=True)
     return (u * length / np.maximum(np.linalg.norm(u, axis=-1, keepdims=True), 1e-300)
             ).astype(np.float32)
@@ -172,14 +175,15 @@ def direction_check(
     eps_unit: str,
     latent_norm: float,
     use_exp: bool,
-    key: jax.Array,
+    rng: np.random.Generator,
 ) -> dict:
     """Flip fractions of LADDER's push and of a same-length random push, per eps.
 
     ``z`` (N, D) are the latents LADDER perturbs, ``sources``/``targets``
     their pair; ``svms`` the stacked SVMs of ``pairs``; ``predict`` maps
-    latents to the vanilla model's labels. ``latent_norm`` is r of the
-    'latent_norm' unit.
+    latents to the vanilla model's labels (jit it: it runs once per eps in
+    batches of one shape). ``latent_norm`` is r of the 'latent_norm' unit;
+    ``rng`` draws the random directions.
     """
     z = np.asarray(z, np.float32)
     num_classes = int(np.max(pairs)) + 1
@@ -190,7 +194,7 @@ def direction_check(
     d = np.asarray(attention_svm.boundary_normal(svms))[pair_of]
     step = np.asarray(perturb.step_direction(jnp.asarray(beta * d), eps_unit, latent_norm))
     ladder = flip_fractions(predict, z, step, eps_values, targets=np.asarray(targets))
-    random = flip_fractions(predict, z, same_length_random(step, key), eps_values)
+    random = flip_fractions(predict, z, same_length_random(step, rng), eps_values)
     rel = np.linalg.norm(step, axis=-1) / np.maximum(np.linalg.norm(z, axis=-1), 1e-30)
     return {
         "eps_unit": eps_unit,

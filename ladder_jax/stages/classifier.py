@@ -1,4 +1,6 @@
-"""Stage 1: the vanilla classifier f and the substitute, trained on clean images, saved as evaluable models.
+"""Stage 1: the vanilla classifier f and the substitute, trained on clean images.
+
+Both are saved as evaluable models.
 
 CE (BCE for CelebA's single logit), SGD with a constant LR, no augmentation,
 the last partial batch dropped, the final model kept; SVHN trains on a random

@@ -138,10 +138,10 @@ def direction_report(ctx, res: attention_svm.PairResult, pairs: np.ndarray) -> d
     idx, sources, targets = ctx.selected_train_images()
     clf, mv = ctx.classifier, ctx.vanilla
     check = direction_check.direction_check(
-        lambda z: clf.predict_logits(clf.classify(mv, z)), svms, pairs,
+        lambda z: clf.latent_pred(mv, z), svms, pairs,
         np.asarray(lat["z"][idx], np.float32), sources, targets,
         eps_values=tuple(s.check_eps), eps_unit=c.generate.eps_unit, latent_norm=latent_norm,
-        use_exp=s.attention_exp, key=streams.jax_key(c.seed, "svm_direction_check"))
+        use_exp=s.attention_exp, rng=streams.numpy_rng(c.seed, "svm_direction_check"))
     eps, reached = direction_check.calibrate(check["eps"], check["ladder_flip"], s.flip_target)
     at = check["eps"].index(eps)
     init_cos = np.asarray(res.init_cos)

@@ -133,7 +133,8 @@ CODE_SETTINGS = dict(test_size=0.33, c=0.01, lr=0.01, epochs=10, batch_size=1, u
 
 @pytest.fixture(scope="module")
 def fit_pair_program():
-    return jax.jit(A.train_pair, static_argnames=tuple(CODE_SETTINGS) + ("fit_norm",))
+    # fit_norm is traced (one program for every norm; None compiles its own).
+    return jax.jit(A.train_pair, static_argnames=tuple(CODE_SETTINGS))
 
 
 def test_init_cos_measures_how_far_the_hinge_moved_the_normal(fit_pair_program):
@@ -184,7 +185,8 @@ def test_standardized_fit_leaves_its_init_where_the_unscaled_fit_does_not(fit_pa
                                 jnp.asarray(z_tgt * scale + offset), fit_norm=fit_norm,
                                 **CODE_SETTINGS)
 
-    unscaled, unit_variance, standardized = fit(None), fit(float(np.sqrt(dim))), fit(1e4)
+    unscaled = fit(None)
+    unit_variance, standardized = fit(jnp.float32(np.sqrt(dim))), fit(jnp.float32(1e4))
     init_cos = {name: float(res.init_cos) for name, res in
                 (("unscaled", unscaled), ("unit variance", unit_variance),
                  ("standardized", standardized))}
@@ -199,7 +201,7 @@ def test_standardized_fit_leaves_its_init_where_the_unscaled_fit_does_not(fit_pa
     assert cos_gap["standardized"] > cos_gap["unscaled"] + 0.15, cos_gap
     # Scale-invariant: the same fit from latents 1000x larger and shifted; the
     # normal in latent space scales by 1/1000.
-    moved = fit(1e4, scale=1000.0, offset=3.0)
+    moved = fit(jnp.float32(1e4), scale=1000.0, offset=3.0)
     np.testing.assert_allclose(np.asarray(moved.params.w), np.asarray(standardized.params.w),
                                rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(np.asarray(A.boundary_normal(moved.svm)) * 1000.0,
