@@ -104,16 +104,11 @@ def _test_subset(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def craft_test_set(ctx, identity: dict, *, key: str) -> dict:
     del identity  # no checkpoints: the set is written whole
     images, labels, idx = _test_subset(ctx)
-    source = ctx.config.evaluate.attack_source
-    info = attack_sets.craft_attack_set(ctx, key, images, labels, idx, "test",
+    # The set depends on its source model only (the vanilla model's accuracy on
+    # it is score/vanilla's, which reads both).
+    return attack_sets.craft_attack_set(ctx, key, images, labels, idx, "test",
                                         streams.jax_key(ctx.config.seed, f"testset/{key}"),
-                                        source=source)
-    if source == "substitute":
-        # How much of the substitute's attack transfers to the vanilla model.
-        s = attack_sets.load_test_set(ctx.wd, key)
-        info["vanilla_accuracy"] = ctx.classifier.accuracy(
-            ctx.vanilla, s.images, s.labels, ctx.config.evaluate.batch_size, ctx.mesh)
-    return info
+                                        source=ctx.config.evaluate.attack_source)
 
 
 def craft_ladder_test_set(ctx, identity: dict) -> dict:
