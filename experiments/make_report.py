@@ -420,7 +420,7 @@ def lbgat_section(dataset: str, scale: str, d: str) -> list[str]:
 PREVIOUS_DEFAULTS_NOTE = (
     "*Previous defaults.* These tables were committed before the library's LADDER defaults "
     "were made faithful (the former `{former}` scale, moved here unchanged). "
-    "They were made with the attention SVMs fitted on the latents as they are (`{scaling}`), "
+    "They were made with the attention SVMs fitted on {inputs}, "
     "raw ε = 0.5 (the job script's) for the main tables, and the black-box test sets "
     "crafted on the vanilla model itself, so the Vanilla row is a white-box result and the "
     "fine-tuned rows are scored on transfer sets from their parent. "
@@ -446,8 +446,10 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
     if scale in LADDER_PREVIOUS_DEFAULTS:
         L = [f"### LADDER study — {dataset}, scale `{scale}` (previous defaults)", "",
              PREVIOUS_DEFAULTS_NOTE.format(
-                 scaling="svm.latent_scaling='pixels255'" if "svm255" in scale
-                 else "svm.latent_scaling='none'", scale=scale, dataset=dataset,
+                 inputs="latents of x·255 images (`svm.latent_scaling='pixels255'`)"
+                 if "svm255" in scale
+                 else "the latents as they are (`svm.latent_scaling='none'`)",
+                 scale=scale, dataset=dataset,
                  former=LADDER_PREVIOUS_DEFAULTS[scale],
                  tokens="previous_defaults,svm255" if "svm255" in scale
                  else "previous_defaults"), ""]
