@@ -1,9 +1,10 @@
-"""The LADDER study of issue 7 on MNIST (LeNet) / Fashion-MNIST: stages, tables, ε study, plots.
+"""The LADDER study on MNIST (LeNet) / Fashion-MNIST: stages, tables, ε study, plots.
 
     python -m experiments.ladder_study --dataset=mnist --scale=smoke
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --parts=main
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --parts=eps,whitebox
-    python -m experiments.ladder_study --dataset=mnist --scale=cpu_svm255 --parts=variants
+    python -m experiments.ladder_study --dataset=mnist --scale=cpu_previous_defaults \
+        --parts=variants
     python -m experiments.ladder_study --dataset=mnist --scale=cpu --report_only
 
 Drives the ``ladder_jax`` CLI, one subprocess per stage, so the command
@@ -11,39 +12,49 @@ behind every number is literally ``python -m ladder_jax.main ...`` (recorded
 in ``ladder_study.json`` with its wall time):
 
 * ``main``: stages 1-7 in order on ``<runs>/<dataset>/<scale>/ladder``:
-  the vanilla LeNet (paper: 99.13 % on MNIST), the generator (reconstruction
-  MSE next to the paper's 0.0076), the attention SVMs, 4,500 generated pairs
-  (450 per class), fine-tuning of LADDER, cavRandom, Random, TRADES+LADDER
-  and the "X Adv." baselines (FGSM, JSMA, PGD, CW), and the black-box
-  evaluation on attack sets crafted once against the vanilla model (Table 2
-  with Avg. Rank, Table 5's TRADES+LADDER rows, Tables 8/9: accuracy on
-  LADDER examples of test images).
-* ``eps``: the ε study of Fig. 9: for each ε in {0.1, 2, 5, 7, 10, 15, 20}
-  4,500 LADDER pairs at that ε fine-tune their own LeNet, scored on the clean
-  test set and on the black-box FGSM / PGD sets (the paper's red curve uses
-  Song et al.'s attack, which is not implemented). Each ε has its own workdir
-  whose upstream stages (vanilla model, latents, generator, SVMs) are
+  the vanilla LeNet (paper: 99.13 % on MNIST) and the substitute that crafts
+  the black-box sets, the generator (reconstruction MSE next to the paper's
+  0.0076), the attention SVMs with their direction check and calibrated ε,
+  4,500 generated pairs (450 per class) per variant, fine-tuning of LADDER,
+  cavRandom, Random, TRADES+LADDER and the "X Adv." baselines (FGSM, JSMA,
+  PGD, CW), and the black-box evaluation (Table 2 with Avg. Rank, Table 5's
+  TRADES+LADDER rows, Tables 8/9: accuracy on LADDER examples of test
+  images).
+* ``eps``: the ε study of Fig. 9: for each ε of the scale's grid 4,500 LADDER
+  pairs at that ε fine-tune their own LeNet, scored on the clean test set
+  and on the black-box FGSM / PGD sets (the paper's red curve uses Song et
+  al.'s attack, which is not implemented). Each ε has its own workdir whose
+  upstream stages (vanilla model, substitute, latents, generator, SVMs) are
   symlinks to the main run's, so they are never recomputed.
-* ``variants`` (not in the default ``--parts``): Table 2's direction ablation
-  (LADDER vs cavRandom vs Random) at ``--variants_eps`` (10), where the
-  boundary normal of ``cpu_svm255`` actually crosses the boundary.
+* ``variants`` (not in the default ``--parts``): Table 2's direction
+  ablation (LADDER vs cavRandom vs Random) at ``--variants_eps``. The
+  previous-defaults scales fine-tuned at raw ε = 0.5, where no direction
+  crosses the boundary, so their ablation ran at raw ε = 10; the current
+  defaults fine-tune every variant at the calibrated ε in ``main`` already.
 * ``whitebox``: Table 7 analogue: FGSM and PGD (ε = 0.3) crafted on each
   fine-tuned LeNet itself (white box). CW-L2 and JSMA white-box are left out
   (cost); so is Song et al. (not implemented).
 
-Scales: ``smoke`` (the configs' ``smoke`` variant: seconds per stage, numbers
-meaningless), ``cpu`` (a reduced budget, see ``scale_overrides``),
-``cpu_svm255`` (``cpu`` with the attention SVMs fitted on latents of x·255,
-as the authors' MNIST/SVHN code does: ``svm.legacy_pixel_scale``; it shares
-``cpu``'s vanilla model, latents and generator, see ``UPSTREAM_SCALE``),
-``full`` (the configs unchanged: the paper's recipe, 1000 generator epochs and
-100 fine-tuning epochs per row).
+Scales (``SCALE_TOKENS``, ``scale_overrides``):
 
-Why ``cpu_svm255``: at ``cpu`` the SVM normals stayed within cos 0.96 of
-their random init (``experiments.ladder_direction_check``): with [0, 1]
-inputs and the code's c = 0.01 the hinge barely moves w, so LADDER's d is
-mostly noise and ε = 30 does not cross the boundary. The x·255 fit is what
-gives the paper's ε scale its meaning (its Fig. 7 morphs at ε ≈ 7-9).
+* ``smoke``: the configs' ``smoke`` variant (seconds per stage, numbers
+  meaningless);
+* ``cpu``: the configs' defaults (the faithful method: standardized SVM
+  inputs, ε in latent-norm units at the calibrated ε, test sets crafted on a
+  substitute) at a reduced budget;
+* ``cpu_svm255``: ``cpu`` with the authors' x·255 SVM inputs (``:svm255``);
+* ``cpu_previous_defaults``: ``cpu`` with the library's defaults before they
+  were made faithful (``:previous_defaults``: SVMs on the latents as they
+  are, which stay at their random init, raw ε = 0.5, test sets crafted on the
+  vanilla model): the committed tables of the former ``cpu`` scale;
+* ``cpu_svm255_previous_defaults``: the same with x·255 SVM inputs: the
+  committed tables of the former ``cpu_svm255`` scale;
+* ``full``: the configs unchanged (the paper's recipe, 1000 generator epochs
+  and 100 fine-tuning epochs per row).
+
+Every ``cpu_*`` scale shares ``cpu``'s vanilla model, substitute, latents and
+generator (``UPSTREAM_SCALE``), so the old and new defaults are compared on
+one vanilla model and one generator.
 """
 
 from __future__ import annotations
@@ -63,34 +74,59 @@ from experiments.jsonio import read_json, write_json
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RUNS = os.path.join(REPO, "experiments", "runs")
 DEFAULT_RESULTS = os.path.join(REPO, "experiments", "results")
-SCALES = ("smoke", "cpu", "cpu_svm255", "full")
-# A scale whose upstream stages (vanilla model, latents, generator) are the
-# named scale's: run there (skipped when done) and linked, so that both scales
-# perturb the latents of one vanilla model and decode with one generator.
-UPSTREAM_SCALE = {"cpu_svm255": "cpu"}
+SCALES = ("smoke", "cpu", "cpu_svm255", "cpu_previous_defaults",
+          "cpu_svm255_previous_defaults", "full")
+# The config variant tokens of a scale (configs/ladder/common.py).
+SCALE_TOKENS = {"smoke": "smoke", "cpu_svm255": "svm255",
+                "cpu_previous_defaults": "previous_defaults",
+                "cpu_svm255_previous_defaults": "previous_defaults,svm255"}
+# Scales that keep the library's defaults from before they were made faithful.
+PREVIOUS_DEFAULTS_SCALES = ("cpu_previous_defaults", "cpu_svm255_previous_defaults")
+# A scale whose upstream stages (vanilla model, substitute, latents, generator)
+# are the named scale's: run there (skipped when done) and linked, so that both
+# scales perturb the latents of one vanilla model and decode with one generator.
+UPSTREAM_SCALE = {"cpu_svm255": "cpu", "cpu_previous_defaults": "cpu",
+                  "cpu_svm255_previous_defaults": "cpu"}
 UPSTREAM_STAGES = ("classifier", "latents", "generator")
-UPSTREAM_DIRS = ("models/vanilla", "latents", "generator")
-UPSTREAM_MARKERS = ("classifier", "latents", "generator__ae", "generator__gan")
+UPSTREAM_DIRS = ("models/vanilla", "models/substitute", "latents", "generator")
+UPSTREAM_MARKERS = ("classifier", "substitute", "latents", "generator__ae", "generator__gan")
 DATASETS = ("mnist", "fashion_mnist")
 STAGES = ("classifier", "latents", "generator", "svm", "generate", "finetune", "evaluate")
+# Fig. 9's ε values (raw, the previous defaults) and seven values of the same
+# span in latent-norm units (5 % to 100 % of a typical latent's norm).
 FIG9_EPS = (0.1, 2.0, 5.0, 7.0, 10.0, 15.0, 20.0)
-# The ``variants`` part's ε: fixed from ``ladder_direction_check`` on training
-# images only (MNIST, x·255 SVMs: 80 % of latents cross the boundary at ε = 10,
-# beside the paper's Fig. 7 range of 7-9), not from any test result.
+FIG9_EPS_LATENT_NORM = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+# The previous-defaults scales' ``variants`` ε (raw): fixed from the direction
+# check on training images only (MNIST, x·255 SVMs: 80 % of latents cross the
+# boundary at ε = 10, beside the paper's Fig. 7 range of 7-9), not from any
+# test result.
 VARIANTS_EPS = 10.0
 VARIANT_ROWS = ("ladder", "cavRandom", "random")
-SMOKE_EPS = (0.5, 5.0)
+SMOKE_EPS = (0.1, 0.5)
 # Upstream of generation: shared by every ε workdir.
-SHARED_DIRS = ("models/vanilla", "latents", "generator", "svm")
-SHARED_MARKERS = ("classifier", "latents", "generator__ae", "generator__gan", "svm")
+SHARED_DIRS = ("models/vanilla", "models/substitute", "latents", "generator", "svm")
+SHARED_MARKERS = ("classifier", "substitute", "latents", "generator__ae", "generator__gan",
+                  "svm")
+
+
+def defaults_of(scale: str) -> str:
+    """'previous' for the scales that keep the former defaults, else 'faithful'."""
+    return "previous" if scale in PREVIOUS_DEFAULTS_SCALES else "faithful"
+
+
+def fig9_eps(scale: str) -> tuple[float, ...]:
+    """The ε study's grid, in the scale's ε unit."""
+    if scale == "smoke":
+        return SMOKE_EPS
+    return FIG9_EPS if scale in PREVIOUS_DEFAULTS_SCALES else FIG9_EPS_LATENT_NORM
 
 
 def scale_overrides(scale: str) -> dict[str, Any]:
-    """Dotted config overrides of a scale (on top of the config file's values)."""
+    """Dotted config overrides of a scale (on top of the config file and ``SCALE_TOKENS``)."""
     if scale in ("smoke", "full"):
         return {}
-    if scale == "cpu_svm255":
-        return {**scale_overrides("cpu"), "svm.legacy_pixel_scale": True}
+    if scale in UPSTREAM_SCALE:
+        return scale_overrides(UPSTREAM_SCALE[scale])
     if scale == "cpu":
         # Fixed from cost alone (2 shared CPU cores), not from test results:
         # full train split for the vanilla LeNet (10 epochs as the paper), a
@@ -129,7 +165,8 @@ def _scalar(value: Any) -> str:
 
 def stage_command(dataset: str, scale: str, stage: str, workdir: str,
                   overrides: dict[str, Any]) -> list[str]:
-    cfg = f"configs/ladder/{dataset}.py" + (":smoke" if scale == "smoke" else "")
+    tokens = SCALE_TOKENS.get(scale, "")
+    cfg = f"configs/ladder/{dataset}.py" + (f":{tokens}" if tokens else "")
     cmd = [sys.executable, "-m", "ladder_jax.main", f"--config={cfg}", f"--stage={stage}",
            f"--workdir={os.path.relpath(workdir, REPO)}"]
     for k, v in overrides.items():
@@ -149,10 +186,14 @@ class Log:
         self.path = os.path.join(root, "ladder_study.json")
         self.data = read_json(self.path) or {"commands": []}
 
-    def record(self, part: str, stage: str, cmd: list[str], seconds: float, rc: int) -> None:
+    def record(self, part: str, stage: str, cmd: list[str], seconds: float, rc: int,
+               defaults: str = "faithful") -> None:
+        # ``defaults`` tells the report which library defaults a command ran
+        # under ('faithful' or 'previous'): a runs cache may hold commands
+        # from before the change, which lack the field.
         self.data["commands"].append({"part": part, "stage": stage, "command": _pretty(cmd),
                                       "seconds": round(seconds, 1), "returncode": rc,
-                                      "finished_at": time.time()})
+                                      "finished_at": time.time(), "defaults": defaults})
         write_json(self.path, self.data)
 
 
@@ -165,7 +206,7 @@ def run_stage(log: Log, part: str, dataset: str, scale: str, stage: str, workdir
     with open(os.path.join(workdir, "logs", f"{stage}.log"), "a") as out:
         rc = subprocess.call(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.time() - t0
-    log.record(part, stage, cmd, seconds, rc)
+    log.record(part, stage, cmd, seconds, rc, defaults=defaults_of(scale))
     print(f"[ladder/{part}] {stage}: rc={rc}, {seconds:.0f}s", flush=True)
     if rc != 0:
         raise RuntimeError(f"stage {stage} failed (rc={rc}); see {workdir}/logs/{stage}.log")
@@ -212,6 +253,11 @@ def _link_upstream(main_wd: str, eps_wd: str, dirs=SHARED_DIRS, markers=SHARED_M
 
 
 def run_eps(log: Log, dataset: str, scale: str, root: str, eps_values) -> None:
+    """Fig. 9: one LADDER row per ε, each in a workdir sharing the main run's upstream stages.
+
+    The substitute (or vanilla) FGSM / PGD sets are crafted again in each
+    workdir; they are the main run's sets (same model, attack and key).
+    """
     main_wd = os.path.join(root, "ladder")
     if not os.path.exists(os.path.join(main_wd, "markers", "svm.json")):
         raise RuntimeError("the ε study needs the main run's svm stage first (--parts=main)")
@@ -231,9 +277,9 @@ def run_eps(log: Log, dataset: str, scale: str, root: str, eps_values) -> None:
 def run_variants(log: Log, dataset: str, scale: str, root: str, eps: float) -> None:
     """Table 2's direction ablation (LADDER vs cavRandom vs Random) at one ε.
 
-    The main run generates at the config's ε = 0.5 (the job script's), where
+    The previous defaults generated at raw ε = 0.5 (the job script's), where
     even a boundary-crossing normal moves a latent by a few % of its norm, so
-    the three variants fine-tune on nearly the same pairs. This part repeats
+    the three variants fine-tuned on nearly the same pairs. This part repeats
     generation, fine-tuning and the full black-box evaluation of the three
     rows at ``eps`` in a workdir sharing the main run's upstream stages.
     """
@@ -274,7 +320,11 @@ def run_whitebox(dataset: str, scale: str, root: str) -> dict:
         return clf.decision_logits(clf.logits(mv, x))
 
     for row in ("vanilla",) + tuple(config.finetune.rows):
-        if row in result or not os.path.isdir(os.path.join(ctx.model_dir(row), "checkpoints")):
+        marker = ctx.wd.read_marker("classifier" if row == "vanilla" else f"finetune/{row}")
+        if marker is None:
+            continue
+        # A row is redone when its model was retrained since (e.g. under new defaults).
+        if (result.get(row) or {}).get("model") == marker["output"]:
             continue
         mv = ctx.load_model_vars(row)
         t0 = time.time()
@@ -282,6 +332,7 @@ def run_whitebox(dataset: str, scale: str, root: str) -> dict:
                                      batch_size=min(500, n), key=jax.random.PRNGKey(0))
         result[row] = {k: res[k] for k in ("clean", "FGSM", "PGD")}
         result[row]["n"] = n
+        result[row]["model"] = marker["output"]
         result[row]["seconds"] = time.time() - t0
         write_json(out_path, result)
         print(f"[ladder/whitebox] {row}: {result[row]}", flush=True)
@@ -292,7 +343,7 @@ def _load_config(dataset: str, scale: str):
     from configs.ladder import fashion_mnist, mnist
 
     module = mnist if dataset == "mnist" else fashion_mnist
-    c = module.get_config("smoke" if scale == "smoke" else "")
+    c = module.get_config(SCALE_TOKENS.get(scale, ""))
     for key, value in scale_overrides(scale).items():
         node = c
         *parents, leaf = key.split(".")
@@ -323,7 +374,9 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     main_wd = os.path.join(root, "ladder")
     summary: dict[str, Any] = {"dataset": dataset, "scale": scale}
     log = read_json(os.path.join(root, "ladder_study.json")) or {"commands": []}
-    summary["commands"] = log["commands"]
+    # A runs cache may hold commands from before the faithful defaults.
+    summary["commands"] = [{**c, "defaults": c.get("defaults", "previous")}
+                           for c in log["commands"]]
 
     cfg = read_json(os.path.join(main_wd, "config.json")) or {}
     if cfg.get("evaluate", {}).get("num_images"):  # test images per black-box set
@@ -331,12 +384,30 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     marker = read_json(os.path.join(main_wd, "markers", "classifier.json"))
     if marker:
         summary["vanilla"] = marker["info"]
+    marker = read_json(os.path.join(main_wd, "markers", "substitute.json"))
+    if marker:
+        summary["substitute"] = marker["info"]
     gen = read_json(os.path.join(main_wd, "generator", "ae", "report.json"))
     if gen:
         summary["generator"] = gen
     svm = read_json(os.path.join(main_wd, "markers", "svm.json"))
     if svm:
         summary["svm"] = svm["info"]
+    report = read_json(os.path.join(main_wd, "svm", "report.json")) or {}
+    if "direction_check" in report:
+        summary["svm_check"] = {k: report[k] for k in (
+            "latent_scaling", "fit_norm", "mean_init_cos", "mean_normal_gap_cos",
+            "mean_latent_norm", "calibration", "direction_check")}
+    if cfg.get("svm", {}).get("latent_scaling"):  # configs from before lack the fields
+        summary["protocol"] = {"defaults": defaults_of(scale),
+                               "tokens": SCALE_TOKENS.get(scale, ""),
+                               "latent_scaling": cfg["svm"]["latent_scaling"],
+                               "eps_unit": cfg["generate"]["eps_unit"],
+                               "finetune_eps": cfg["finetune"]["eps"],
+                               "attack_source": cfg["evaluate"]["attack_source"]}
+        if "svm_check" in summary and cfg["finetune"]["eps"] == 0:
+            summary["protocol"]["finetune_eps"] = summary["svm_check"]["calibration"]["eps"]
+            summary["protocol"]["finetune_eps_calibrated"] = True
     for variant in ("ladder", "cavRandom", "random"):
         m = read_json(os.path.join(main_wd, "markers", f"generate__{variant}.json"))
         if m:
@@ -385,7 +456,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     if os.path.isdir(eps_root):
         for name in sorted(os.listdir(eps_root), key=lambda s: float(s[3:])):
             t = read_json(os.path.join(eps_root, name, "evaluate", "table.json"))
-            if not t:
+            if not t or not _shares_main_svms(main_wd, os.path.join(eps_root, name)):
                 continue
             lad = t["rows"].get("LADDER")
             if lad:
@@ -407,7 +478,7 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     if os.path.isdir(var_root):
         for name in os.listdir(var_root):
             t = read_json(os.path.join(var_root, name, "evaluate", "table.json"))
-            if t:
+            if t and _shares_main_svms(main_wd, os.path.join(var_root, name)):
                 variants[f"ε={float(name[3:]):g}"] = t
                 for src, dst in (("table", ""), ("table8", "_table8")):
                     path = os.path.join(var_root, name, "evaluate", f"{src}.md")
@@ -418,6 +489,18 @@ def write_results(dataset: str, scale: str, root: str, results_dir: str) -> dict
     summary = merge_committed(summary, committed)
     write_json(summary_path, summary)
     return summary
+
+
+def _shares_main_svms(main_wd: str, wd: str) -> bool:
+    """True when ``wd`` (an ε or variants workdir) ran on the main run's current SVMs.
+
+    A runs cache can keep ε workdirs of an earlier protocol (other SVMs,
+    another ε unit); their tables must not join the current ones.
+    """
+    main = read_json(os.path.join(main_wd, "markers", "svm.json"))
+    linked = read_json(os.path.join(wd, "markers", "svm.json"))
+    return bool(main and linked and main.get("output") == linked.get("output")
+                and main.get("fingerprint") == linked.get("fingerprint"))
 
 
 # Summary keys that identify the models every table was computed from.
@@ -503,10 +586,12 @@ def main(argv=None) -> None:
                         help="comma-separated: main (stages 1-7), eps (Fig. 9), whitebox "
                              "(Table 7), variants (LADDER vs cavRandom vs Random at "
                              "--variants_eps)")
-    parser.add_argument("--variants_eps", type=float, default=VARIANTS_EPS,
-                        help="ε of the variants part")
+    parser.add_argument("--variants_eps", type=float, default=None,
+                        help="ε of the variants part (default: 10 on the previous-defaults "
+                             "scales; the current defaults need it given)")
     parser.add_argument("--eps", default="",
-                        help="comma-separated ε values of the ε study (default: Fig. 9's)")
+                        help="comma-separated ε values of the ε study (default: Fig. 9's "
+                             "span in the scale's ε unit)")
     parser.add_argument("--runs_dir", default=DEFAULT_RUNS)
     parser.add_argument("--results_dir", default=DEFAULT_RESULTS)
     parser.add_argument("--report_only", action="store_true")
@@ -517,12 +602,16 @@ def main(argv=None) -> None:
     for p in parts:
         if p not in ("main", "eps", "whitebox", "variants"):
             parser.error(f"--parts entries must be main, eps, whitebox or variants, got {p!r}")
-    if args.variants_eps <= 0:
+    if args.variants_eps is None and "variants" in parts:
+        if args.scale not in PREVIOUS_DEFAULTS_SCALES:
+            parser.error("--parts=variants needs --variants_eps on this scale: its main run "
+                         "already fine-tunes LADDER, cavRandom and Random at the calibrated ε")
+        args.variants_eps = VARIANTS_EPS
+    if args.variants_eps is not None and args.variants_eps <= 0:
         parser.error(f"--variants_eps must be > 0, got {args.variants_eps}")
     root = os.path.join(args.runs_dir, args.dataset, args.scale)
     os.makedirs(root, exist_ok=True)
-    eps_values = ([float(e) for e in args.eps.split(",") if e] or
-                  (SMOKE_EPS if args.scale == "smoke" else FIG9_EPS))
+    eps_values = [float(e) for e in args.eps.split(",") if e] or fig9_eps(args.scale)
     if not args.report_only:
         log = Log(root)
         t0 = time.time()

@@ -28,7 +28,12 @@ from experiments.jsonio import write_text
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 OUT = os.path.join(REPO, "experiments", "RESULTS.md")
-SCALE_ORDER = ("full", "cpu60k", "cpu", "cpu_svm255", "cpu_lr01", "smoke")
+SCALE_ORDER = ("full", "cpu60k", "cpu", "cpu_svm255", "cpu_previous_defaults",
+               "cpu_svm255_previous_defaults", "cpu_lr01", "smoke")
+# LADDER scales that keep the library's defaults from before they were made
+# faithful, and the current scale each one is compared with.
+LADDER_PREVIOUS_DEFAULTS = {"cpu_previous_defaults": "cpu",
+                            "cpu_svm255_previous_defaults": "cpu_svm255"}
 DATASET_ORDER = ("mnist", "fashion_mnist")
 # ladder_jax.evaluate scores clean accuracy on the whole test split (10k for
 # MNIST and Fashion-MNIST) and the attacks on the summary's first eval_n images.
@@ -413,11 +418,44 @@ def lbgat_section(dataset: str, scale: str, d: str) -> list[str]:
 # --- LADDER --------------------------------------------------------------------------
 
 
+PREVIOUS_DEFAULTS_NOTE = (
+    "*Previous defaults.* These tables were committed before the library's LADDER defaults "
+    "were made faithful (the former `{former}` scale, moved here unchanged). "
+    "They were made with the attention SVMs fitted on {inputs}, "
+    "raw ε = 0.5 (the job script's) for the main tables, and the black-box test sets "
+    "crafted on the vanilla model itself, so the Vanilla row is a white-box result and the "
+    "fine-tuned rows are scored on transfer sets from their parent. "
+    "`python -m experiments.ladder_study --dataset={dataset} --scale={scale}` reruns them "
+    "(`configs/ladder/{dataset}.py:{tokens}`).")
+
+
+def _attack_source_text(s: dict) -> str:
+    """How a summary's black-box sets were crafted (summaries from before say nothing: vanilla)."""
+    source = (s.get("table") or {}).get("attack_source") or \
+        (s.get("protocol") or {}).get("attack_source") or "vanilla"
+    if source == "substitute":
+        return ("attack sets crafted once on an independently trained substitute (same "
+                "architecture and recipe, its own seed): black box for every row")
+    return ("attack sets crafted once on the vanilla model: white box for Vanilla, transfer "
+            "from their parent for the fine-tuned rows")
+
+
 def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
     s = _read(os.path.join(d, "ladder_summary.json"))
     if not s:
         return []
-    L = [f"### LADDER study — {dataset}, scale `{scale}`", ""]
+    if scale in LADDER_PREVIOUS_DEFAULTS:
+        L = [f"### LADDER study — {dataset}, scale `{scale}` (previous defaults)", "",
+             PREVIOUS_DEFAULTS_NOTE.format(
+                 inputs="latents of x·255 images (`svm.latent_scaling='pixels255'`)"
+                 if "svm255" in scale
+                 else "the latents as they are (`svm.latent_scaling='none'`)",
+                 scale=scale, dataset=dataset,
+                 former=LADDER_PREVIOUS_DEFAULTS[scale],
+                 tokens="previous_defaults,svm255" if "svm255" in scale
+                 else "previous_defaults"), ""]
+    else:
+        L = [f"### LADDER study — {dataset}, scale `{scale}`", ""]
     paper = dataset == "mnist"
     van = s.get("vanilla")
     gen = s.get("generator")
@@ -442,6 +480,17 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
         if svm.get("mean_init_cos") is not None:  # summaries from before it lack it
             L.append(f"| attention SVMs: mean cos(w, w at init) (near 1: d is mostly its "
                      f"random init) | {svm['mean_init_cos']:.3f} | — |")
+    check = s.get("svm_check")
+    if check:
+        cal = check["calibration"]
+        L.append(f"| SVM inputs (`svm.latent_scaling`) | `{check['latent_scaling']}` | — |")
+        L.append(f"| attention SVMs: mean cos(d, μ_t − μ_y) | "
+                 f"{check['mean_normal_gap_cos']:.3f} | — |")
+        L.append(f"| calibrated ε ({cal['eps_unit']}): training latents whose vanilla "
+                 f"prediction changes along d / along a random direction of the same length | "
+                 f"{cal['eps']:g}: {100 * cal['ladder_flip']:.1f} % / "
+                 f"{100 * cal['random_flip']:.1f} %"
+                 f"{'' if cal['reached'] else ' (target not reached)'} | — |")
     for v, info in (s.get("generate") or {}).items():
         L.append(f"| generated {v}: count / fooling rate on vanilla | {info.get('count')} / "
                  f"{_f(100 * info.get('fooling_rate', float('nan')))} % | "
@@ -449,10 +498,11 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
     L.append("")
     t = _read(os.path.join(d, "ladder_table.md"))
     if t:
-        L += ["**Table 2 layout** (black-box accuracy %, attack sets crafted once on the "
-              "vanilla model; Song et al. not implemented, so Avg. Rank is over fewer "
-              "columns than the paper's):", "", t.split("\n", 2)[2].strip()
-              if t.startswith("## ") else t.strip(), ""]
+        L += [f"**Table 2 layout** (black-box accuracy %, {_attack_source_text(s)}; Song et "
+              "al. not implemented, so Avg. Rank is over fewer columns than the paper's):", ""]
+        if t.startswith("## "):
+            L += [f"*{t.split(chr(10), 1)[0][3:]}*", ""]
+        L += [t.split("\n", 2)[2].strip() if t.startswith("## ") else t.strip(), ""]
         if paper:
             L += ["Paper, MNIST Table 2:", "", "| model | " + " | ".join(LADDER_T2_COLS) + " |",
                   "|" + "---|" * (len(LADDER_T2_COLS) + 1)]
@@ -490,7 +540,8 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
              "of test images crafted at ε = 10)", "paper MNIST (ε not stated): vanilla 69.78 → "
              "LADDER 98.23"),
             ("ladder_direction_check.md", "Direction check (`experiments."
-             "ladder_direction_check`: is d the SVM's boundary normal or its random init?)",
+             "ladder_direction_check`: is d the SVM's boundary normal or its random init, "
+             "for each SVM input scale?)",
              "paper Fig. 7: along d a 2 turns into a 3 between ε = 7 and ε = 9; Fig. 10: "
              "images morph toward the target class over ε = 0.5 … 30")):
         t = _read(os.path.join(d, name))
@@ -514,8 +565,69 @@ def ladder_section(dataset: str, scale: str, d: str) -> list[str]:
               "re-checked a stage; rc of the last one):", ""]
         for c in cmds:
             runs = f", {c['invocations']} invocations" if c["invocations"] > 1 else ""
+            before = (", before the faithful defaults" if c.get("defaults") == "previous"
+                      and scale not in LADDER_PREVIOUS_DEFAULTS else "")
             L.append(f"- [{c['part']}/{c['stage']}, {c['seconds']:.0f} s{runs}, "
-                     f"rc {c['returncode']}] `{c['command']}`")
+                     f"rc {c['returncode']}{before}] `{c['command']}`")
+        L.append("")
+    return L
+
+
+def _avg_rank_text(table: Optional[dict], rows=("LADDER", "cavRandom", "Random")) -> str:
+    ranks = (table or {}).get("avg_rank") or {}
+    return " / ".join(f"{ranks[r]:.2f}" if r in ranks else "—" for r in rows)
+
+
+def _row_text(table: Optional[dict], row: str, cols) -> str:
+    r = ((table or {}).get("rows") or {}).get(row) or {}
+    return " / ".join(_f(r.get(c)) for c in cols)
+
+
+def ladder_defaults_comparison(dataset: str, results_dir: str) -> list[str]:
+    """Previous vs current defaults on one dataset, where both studies have a summary."""
+    L = []
+    for old_scale, new_scale in LADDER_PREVIOUS_DEFAULTS.items():
+        old = _read(os.path.join(results_dir, dataset, old_scale, "ladder_summary.json"))
+        new = _read(os.path.join(results_dir, dataset, new_scale, "ladder_summary.json"))
+        if not old or not new:
+            continue
+        n_check, o_svm = new.get("svm_check") or {}, old.get("svm") or {}
+        cal = n_check.get("calibration") or {}
+        proto = new.get("protocol") or {}
+        rows = [
+            ("SVM inputs", "latents as they are" if "svm255" not in old_scale
+             else "latents of x·255", f"`{n_check.get('latent_scaling', '—')}`"),
+            ("mean cos(w, w_init)", _f(o_svm.get("mean_init_cos"), 3),
+             _f(n_check.get("mean_init_cos"), 3)),
+            ("fine-tuning ε", "0.5 (raw)",
+             f"{_f(proto.get('finetune_eps'), 2)} ({proto.get('eps_unit', '—')}"
+             f"{', calibrated' if proto.get('finetune_eps_calibrated') else ''})"),
+            ("training latents flipped at that ε (LADDER / random)", "—",
+             f"{_f(100 * cal['ladder_flip'], 1)} / {_f(100 * cal['random_flip'], 1)} %"
+             if cal else "—"),
+            ("black-box test sets crafted on", "the vanilla model",
+             proto.get("attack_source", "—")),
+            ("LADDER: Clean / FGSM / PGD", _row_text(old.get("table"), "LADDER",
+                                                      ("Clean", "FGSM", "PGD")),
+             _row_text(new.get("table"), "LADDER", ("Clean", "FGSM", "PGD"))),
+            ("Vanilla: Clean / FGSM / PGD", _row_text(old.get("table"), "Vanilla",
+                                                       ("Clean", "FGSM", "PGD")),
+             _row_text(new.get("table"), "Vanilla", ("Clean", "FGSM", "PGD"))),
+            ("Avg. Rank LADDER / cavRandom / Random", _avg_rank_text(old.get("table")),
+             _avg_rank_text(new.get("table"))),
+            ("LADDER attack (Table 8): Vanilla / LADDER",
+             _row_text(old.get("table8"), "Vanilla", ("LADDER attack",)) + " / " +
+             _row_text(old.get("table8"), "LADDER", ("LADDER attack",)),
+             _row_text(new.get("table8"), "Vanilla", ("LADDER attack",)) + " / " +
+             _row_text(new.get("table8"), "LADDER", ("LADDER attack",))),
+        ]
+        L += [f"### LADDER, {dataset}: previous defaults (`{old_scale}`) vs current "
+              f"defaults (`{new_scale}`)", "",
+              "The two studies share the vanilla model, the latents and the generator; the "
+              "test sets of the current defaults are crafted on another model, so the attack "
+              "columns compare protocols, not only methods.", "",
+              f"| quantity | `{old_scale}` | `{new_scale}` |", "|---|---|---|"]
+        L += [f"| {name} | {a} | {b} |" for name, a, b in rows]
         L.append("")
     return L
 
@@ -629,6 +741,9 @@ def build_report(results_dir: str = RESULTS) -> str:
                 found.append((ds, sc, d))
     for title, section in (("LBGAT", lbgat_section), ("LADDER", ladder_section)):
         body = [line for ds, sc, d in found for line in section(ds, sc, d)]
+        if title == "LADDER":
+            body = [line for ds in DATASET_ORDER
+                    for line in ladder_defaults_comparison(ds, results_dir)] + body
         L += [f"## {title}", ""] + (body or [f"No {title} results yet.", ""])
     notes = _read(os.path.join(results_dir, "NOTES.md"))
     if notes:

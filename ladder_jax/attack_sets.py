@@ -1,9 +1,11 @@
-"""Attack sets crafted once against the vanilla model and stored.
+"""Attack sets crafted once against a source model and stored.
 
-* ``split='train'``: the "X Adv." baselines' training data, crafted on the
-  same selected training images as LADDER (so every row fine-tunes on pairs
-  of the same clean images).
-* ``split='test'``: the black-box evaluation sets scored on every model.
+* ``split='train'``: the "X Adv." baselines' training data, crafted against
+  the vanilla model on the same selected training images as LADDER (so every
+  row fine-tunes on pairs of the same clean images).
+* ``split='test'``: the black-box evaluation sets scored on every model,
+  crafted against ``evaluate.attack_source``: the substitute (default) or the
+  vanilla model.
 
 Sets are written with ``advcore.attacks.save_attack_set`` (uint8, rounded).
 Targeted attacks (CW-L2 with ``targeted=True``, JSMA) draw random targets with
@@ -25,6 +27,7 @@ import numpy as np
 from advcore import attacks
 from advcore.attacks.targets import random_targets
 from advcore.batching import map_batches
+
 
 def attack_set_dir(wd: Any, split: str, key_name: str) -> str:
     return wd.path("attack_sets", split, key_name)
@@ -58,14 +61,17 @@ def overrides_of(attack_config: Any) -> dict:
 
 
 def craft_attack_set(ctx: Any, key_name: str, images: np.ndarray, labels: np.ndarray,
-                     indices: np.ndarray, split: str, key: jax.Array) -> dict:
-    """Crafts ``config.attacks.<key_name>`` on ``images`` against vanilla and stores it.
+                     indices: np.ndarray, split: str, key: jax.Array,
+                     source: str = "vanilla") -> dict:
+    """Crafts ``config.attacks.<key_name>`` on ``images`` against ``models/<source>``, stores it.
 
     Batch ``start`` uses ``fold_in(key, start)``, so a set does not depend on
-    how many batches came before.
+    how many batches came before. The info reports the source model's
+    accuracy on the set (``source_accuracy``) and, for a substitute, the
+    vanilla model's too.
     """
-    attack, run = ctx.attack_program(key_name)
-    mv = ctx.vanilla
+    attack, run = ctx.attack_program(key_name, source)
+    mv = ctx.vanilla if source == "vanilla" else ctx.load_model_vars(source)
     labels = np.asarray(labels, np.int32)
     x_adv, pred, target = map_batches(
         lambda x, y, k: run(mv, x, y, k), (images, labels),
@@ -74,13 +80,14 @@ def craft_attack_set(ctx: Any, key_name: str, images: np.ndarray, labels: np.nda
     tgt = target if attack.draws_random_targets else None
     directory = attack_set_dir(ctx.wd, split, key_name)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
-    vanilla_accuracy = 100.0 * float(np.mean(pred == labels))
+    source_accuracy = 100.0 * float(np.mean(pred == labels))
+    spec = ctx.model_spec if source == "vanilla" else ctx.substitute_spec
     attacks.save_attack_set(
         directory, x_adv, labels, indices=indices, attack=attack.name,
         attack_params=attack.params, dataset=ctx.config.dataset.name, split=split,
-        source_model={"row": "vanilla", "name": ctx.config.model.name}, targets=tgt,
-        extra={"vanilla_accuracy_on_set": vanilla_accuracy}, overwrite=True)
-    info = {"count": int(len(labels)), "vanilla_accuracy": vanilla_accuracy}
+        source_model={"row": source, "name": spec["arch"]}, targets=tgt,
+        extra={"source_accuracy_on_set": source_accuracy}, overwrite=True)
+    info = {"count": int(len(labels)), "source": source, "source_accuracy": source_accuracy}
     if tgt is not None:
         info["target_success_rate"] = 100.0 * float(np.mean(pred == tgt))
     return info

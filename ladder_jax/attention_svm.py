@@ -1,25 +1,51 @@
-"""Attention SVMs for ordered class pairs (LADDER Eq. 2; code ``svm_atten.py``).
+"""Attention SVMs for ordered class pairs (LADDER Eq. 2; the authors' ``svm_atten.py``).
 
 One SVM per ordered pair (source y, target t) separates latents of class y
-(label -1) from latents of class t (label +1):
+(label -1) from latents of class t (+1). It is fitted in its own *fit space*
+z_s = (z - mu) / sigma (``LatentScale``), where it computes
 
-    a = tanh(W_a z + b_a)            # the code's 1x1 conv dim->dim, with bias
+    a = tanh(W_a z_s + b_a)          # the code's 1x1 conv dim->dim, with bias
     s = softmax(a)                   # over the dim features
-    beta = exp(s)   (attention_exp=True, the authors' code; SPEC 3.4)
+    beta = exp(s)   (attention_exp=True, the authors' code)
     beta = s        (attention_exp=False, the paper's Eq. 2)
-    h = w . (z * beta) + b
+    h = w . (z_s * beta) + b
 
-Loss per SGD step (SPEC 3.4): ``c * mean(hinge(1 - y h)) + mean(w ** 2)``; the
-L2 term is the mean over coordinates of the fc weight only. Plain SGD, no
-momentum, reshuffled every epoch, PyTorch default initialisation.
+Loss per SGD step: ``c * mean(hinge(1 - y h)) + mean(w ** 2)``; the L2 term
+is the mean over coordinates of the fc weight only. Plain SGD, no momentum,
+reshuffled every epoch, PyTorch default initialisation. These are the
+authors' settings; only the fit space is the library's choice
+(``svm.latent_scaling``):
 
-The boundary normal used by LADDER is ``d = w``: with the target as the
-positive class it points from the source y toward the target t.
+* ``'standardize'`` (default): mu is the per-coordinate mean of the pair's
+  fitted latents and sigma, the same for every coordinate, is their mean
+  distance to mu divided by ``fit_norm`` (``svm.fit_norm``, 10^4): the fit
+  inputs have mean norm ``fit_norm`` on every dataset, whatever the scale of
+  its latents (``fit_scale``).
+* ``'none'`` and ``'pixels255'``: mu = 0, sigma = 1 (the SVM sees the latents
+  as they are; ``'pixels255'`` feeds it latents of x*255 images, as the
+  authors' MNIST/SVHN code does).
+
+Why a fixed norm and not unit variance: with the code's settings one hinge
+step moves w by about lr*c*|z_s| = 1e-4 * |z_s|, and PyTorch's init gives
+|w0| = 1/sqrt(3) ~ 0.58 in every dimension. The fitted w is a boundary
+normal only when those steps are large next to |w0|: unit-variance inputs
+(|z_s| ~ sqrt(dim), 22 for MNIST's 500-d latents) move w by ~0.002 per step,
+the margin is met long before w leaves its init, and d stays random (the
+same failure as the library's former [0, 1] default). The authors' MNIST
+inputs (latents of x*255, |z| ~ 1.1e4) make each step about twice |w0|;
+``fit_norm = 1e4`` puts every dataset in that regime (docs/ladder.md,
+"The input-scale problem").
+
+The boundary normal in latent space (``boundary_normal``) is d = w / sigma:
+the gradient of the linear part w . z_s + b = w . (z - mu) / sigma + b with
+respect to z. With beta held fixed, beta * d is the gradient of h itself, so
+Eq. 3's push z + eps * beta * d moves z itself along the SVM's boundary
+normal. d points from the source y toward the target t.
 
 All pairs are trained at once: ``train_pairs`` is one jitted ``vmap`` of the
 single-pair trainer over the pair axis. Every pair draws from its own key,
 so the result for a pair does not depend on which other pairs are trained
-alongside it (``tests/ladder/test_attention_svm.py`` checks this).
+alongside it (``tests/ladder/test_ladder_svm.py`` checks this).
 """
 
 from __future__ import annotations
@@ -42,6 +68,64 @@ class SVMParams(NamedTuple):
     b: jax.Array  # (), the fc bias
 
 
+LATENT_SCALINGS = ("standardize", "none", "pixels255")
+# The mean norm of the standardized fit inputs: about the norm of the
+# authors' MNIST SVM inputs (LeNet latents of x*255 images, ~1.1e4), where
+# the code's c, lr and epochs move w far from its init.
+DEFAULT_FIT_NORM = 1e4
+
+
+class LatentScale(NamedTuple):
+    """The map from latent space to an SVM's fit space: z_s = (z - mu) / sigma."""
+
+    mu: jax.Array  # (dim,)
+    sigma: jax.Array  # (dim,), > 0
+
+
+class LatentSVM(NamedTuple):
+    """A fitted SVM with its fit space: what generation and the direction check use."""
+
+    params: SVMParams
+    scale: LatentScale
+
+
+def identity_scale(dim: int) -> LatentScale:
+    """mu = 0, sigma = 1: the SVM sees the latents as they are."""
+    return LatentScale(jnp.zeros((dim,), jnp.float32), jnp.ones((dim,), jnp.float32))
+
+
+def fit_scale(z: jax.Array, fit_norm: float) -> LatentScale:
+    """Centres ``z`` (n, dim) per coordinate and rescales it to mean norm ``fit_norm``.
+
+    One sigma for all coordinates keeps the latent geometry (a per-coordinate
+    std would reweight the coordinates and the normal d = w / sigma with
+    them). If every row equals mu (nothing to separate), sigma = 1.
+    """
+    mu = jnp.mean(z, axis=0)
+    spread = jnp.mean(jnp.linalg.norm(z - mu, axis=-1))
+    sigma = jnp.where(spread > 0, spread / fit_norm, 1.0)
+    return LatentScale(mu, jnp.full(z.shape[-1:], sigma, z.dtype))
+
+
+def to_fit_space(scale: LatentScale, z: jax.Array) -> jax.Array:
+    return (z - scale.mu) / scale.sigma
+
+
+def boundary_normal(svm: LatentSVM) -> jax.Array:
+    """d = w / sigma: the gradient of w . z_s + b with respect to the latent z."""
+    return svm.params.w / svm.scale.sigma
+
+
+def latent_attention(svm: LatentSVM, z: jax.Array, use_exp: bool = True) -> jax.Array:
+    """beta(z_s) for latents ``z`` (..., dim)."""
+    return attention(svm.params, to_fit_space(svm.scale, z), use_exp)
+
+
+def latent_score(svm: LatentSVM, z: jax.Array, use_exp: bool = True) -> jax.Array:
+    """The SVM score h(z_s) of latents ``z``; > 0 predicts the target class."""
+    return svm_score(svm.params, to_fit_space(svm.scale, z), use_exp)
+
+
 def init_svm_params(key: jax.Array, dim: int) -> SVMParams:
     """PyTorch default init: every weight and bias ~ U(+-1/sqrt(fan_in)).
 
@@ -60,16 +144,16 @@ def init_svm_params(key: jax.Array, dim: int) -> SVMParams:
 
 
 def attention(params: SVMParams, z: jax.Array, use_exp: bool = True) -> jax.Array:
-    """The attention weights beta for latents ``z`` of shape (..., dim)."""
+    """The attention weights beta for fit-space inputs ``z`` of shape (..., dim)."""
     a = jnp.tanh(z @ params.att_w.T + params.att_b)
     s = jax.nn.softmax(a, axis=-1)
     # The authors' code applies an extra exp, so beta ~ 1 + O(1/dim); the
-    # paper's beta sums to 1. SPEC 3.4: reproduce the code by default.
+    # paper's beta sums to 1. The code's form is the default.
     return jnp.exp(s) if use_exp else s
 
 
 def svm_score(params: SVMParams, z: jax.Array, use_exp: bool = True) -> jax.Array:
-    """The SVM score h(z) = w . (z * beta(z)) + b, shape (...,)."""
+    """The SVM score h(z) = w . (z * beta(z)) + b of fit-space inputs, shape (...,)."""
     beta = attention(params, z, use_exp)
     return (z * beta) @ params.w + params.b
 
@@ -161,7 +245,7 @@ def train_svm(
       key: initialisation and shuffling key.
       z: (n, dim) training latents.
       y: (n,) labels in {-1, +1}.
-      c, lr, epochs, batch_size: SPEC 3.4 (0.01, 0.01, 10, 1).
+      c, lr, epochs, batch_size: the code's are 0.01, 0.01, 10, 1.
       use_exp: the code's extra exp on the attention.
     """
     n, dim = z.shape
@@ -176,7 +260,7 @@ def split_sizes(n_per_class: int, test_size: float) -> tuple[int, int]:
 
     sklearn's ``train_test_split(test_size=0.33, stratify=y)`` on 200 + 200
     samples holds out ceil(0.33 * 400) = 132 rows, 66 per class, leaving the
-    268 fitted samples of SPEC 3.3.
+    268 fitted samples of the code.
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"svm.test_size must be in (0, 1), got {test_size}")
@@ -192,13 +276,18 @@ def split_sizes(n_per_class: int, test_size: float) -> tuple[int, int]:
 
 
 class PairResult(NamedTuple):
-    params: SVMParams
+    params: SVMParams  # in the pair's fit space
+    scale: LatentScale  # latent -> fit space
     train_acc: jax.Array
     heldout_acc: jax.Array
-    # cos(w, w at init). Near 1 means the hinge barely moved the normal, so d
-    # is mostly its random init (the code's c = 0.01 on [0, 1]-image latents
-    # does this; see ``stale_normal_warning``).
+    # cos(w, w at init), in the fit space. Near 1 means the hinge barely moved
+    # the normal, so d is mostly its random init (the code's settings on
+    # latents of [0, 1] images do this; ``ladder_jax.direction_check``).
     init_cos: jax.Array
+
+    @property
+    def svm(self) -> LatentSVM:
+        return LatentSVM(self.params, self.scale)
 
 
 class PairPlan(NamedTuple):
@@ -223,8 +312,13 @@ def plan_pair(key: jax.Array, n: int, dim: int, *, test_size: float, epochs: int
 
 
 def fit_pair(plan: PairPlan, z_src: jax.Array, z_tgt: jax.Array, *, test_size: float,
-             c: float, lr: float, use_exp: bool) -> PairResult:
-    """The deterministic part of ``train_pair``: split, SGD, accuracies."""
+             c: float, lr: float, use_exp: bool, fit_norm: float | None = None) -> PairResult:
+    """The deterministic part of ``train_pair``: split, fit space, SGD, accuracies.
+
+    ``fit_norm`` None fits on the latents as given (``identity_scale``);
+    a number standardizes them from the pair's fitted rows (``fit_scale``;
+    the held-out rows never enter mu or sigma).
+    """
     n = z_src.shape[0]
     n_train, n_test = split_sizes(n, test_size)
     perm_s, perm_t = plan.perm_src, plan.perm_tgt
@@ -232,42 +326,20 @@ def fit_pair(plan: PairPlan, z_src: jax.Array, z_tgt: jax.Array, *, test_size: f
     z_te = jnp.concatenate([z_src[perm_s[n_train:]], z_tgt[perm_t[n_train:]]])
     y_tr = jnp.concatenate([-jnp.ones((n_train,)), jnp.ones((n_train,))])
     y_te = jnp.concatenate([-jnp.ones((n_test,)), jnp.ones((n_test,))])
-    params = fit_svm(plan.params0, z_tr, y_tr, plan.batch_idx, plan.batch_mask,
+    scale = identity_scale(z_tr.shape[-1]) if fit_norm is None else fit_scale(z_tr, fit_norm)
+    zs_tr, zs_te = to_fit_space(scale, z_tr), to_fit_space(scale, z_te)
+    params = fit_svm(plan.params0, zs_tr, y_tr, plan.batch_idx, plan.batch_mask,
                      c=c, lr=lr, use_exp=use_exp)
 
     def accuracy(zz, yy):
-        # SPEC 3.4: h > 0 predicts the target (+1).
+        # h > 0 predicts the target (+1).
         pred = jnp.where(svm_score(params, zz, use_exp) > 0, 1.0, -1.0)
         return jnp.mean(pred == yy)
 
     w0 = plan.params0.w
     init_cos = jnp.dot(params.w, w0) / jnp.maximum(
         jnp.linalg.norm(params.w) * jnp.linalg.norm(w0), 1e-12)
-    return PairResult(params, accuracy(z_tr, y_tr), accuracy(z_te, y_te), init_cos)
-
-
-# Above this mean cos(w, w_init) the normals are mostly their random init.
-STALE_NORMAL_COS = 0.9
-
-
-def stale_normal_warning(init_cos, threshold: float = STALE_NORMAL_COS) -> str | None:
-    """A warning when the fitted normals are mostly their random init, else None.
-
-    The hinge is weighted by c and each step moves w by about lr·c·‖z‖, while
-    PyTorch's init alone gives ‖w‖ = 1/√3. On MNIST latents of [0, 1] images
-    with the code's c = 0.01 the fitted w keeps cos ≈ 0.96 with its init (the
-    LADDER study's direction check): the pairs still separate (the bias and
-    the small moved part do it), but d = w is mostly noise and the paper's ε
-    values do not cross the boundary.
-    """
-    mean_cos = float(np.mean(np.asarray(init_cos)))
-    if mean_cos <= threshold:
-        return None
-    return (f"attention SVM normals are mostly their random init: mean cos(w, w_init) = "
-            f"{mean_cos:.3f} > {threshold}. LADDER's d = w will then be close to a random "
-            f"direction. The hinge weight c, the lr or the latent scale is too small for "
-            f"these latents; the authors' MNIST/SVHN code fits on latents of x*255 "
-            f"(svm.legacy_pixel_scale=True), which moves w far from its init.")
+    return PairResult(params, scale, accuracy(zs_tr, y_tr), accuracy(zs_te, y_te), init_cos)
 
 
 def train_pair(
@@ -281,16 +353,19 @@ def train_pair(
     epochs: int,
     batch_size: int,
     use_exp: bool,
+    fit_norm: float | None = None,
 ) -> PairResult:
     """Stratified split, SVM training and accuracy for one ordered pair.
 
     ``z_src`` (source, label -1) and ``z_tgt`` (target, label +1) hold the
     same number n of latents each. sklearn's stratified split is replaced
-    by a keyed permutation of each class (same sizes).
+    by a keyed permutation of each class (same sizes). ``fit_norm``: see
+    ``fit_pair``.
     """
     plan = plan_pair(key, z_src.shape[0], z_src.shape[1], test_size=test_size,
                      epochs=epochs, batch_size=batch_size)
-    return fit_pair(plan, z_src, z_tgt, test_size=test_size, c=c, lr=lr, use_exp=use_exp)
+    return fit_pair(plan, z_src, z_tgt, test_size=test_size, c=c, lr=lr, use_exp=use_exp,
+                    fit_norm=fit_norm)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "dim", "test_size", "epochs", "batch_size"))
@@ -299,14 +374,29 @@ def _plan_pairs(keys, *, n, dim, test_size, epochs, batch_size) -> PairPlan:
                                         batch_size=batch_size))(keys)
 
 
-@functools.partial(jax.jit, static_argnames=("test_size", "c", "lr", "use_exp"))
-def _fit_pairs(plans: PairPlan, class_latents, pairs, *, test_size, c, lr, use_exp
+@functools.partial(jax.jit, static_argnames=("test_size", "c", "lr", "use_exp", "fit_norm"))
+def _fit_pairs(plans: PairPlan, class_latents, pairs, *, test_size, c, lr, use_exp, fit_norm
                ) -> PairResult:
     def one(plan, pair):
         return fit_pair(plan, class_latents[pair[0]], class_latents[pair[1]],
-                        test_size=test_size, c=c, lr=lr, use_exp=use_exp)
+                        test_size=test_size, c=c, lr=lr, use_exp=use_exp, fit_norm=fit_norm)
 
     return jax.vmap(one)(plans, pairs)
+
+
+def plan_pairs(keys: jax.Array, n: int, dim: int, *, test_size: float, epochs: int,
+               batch_size: int) -> PairPlan:
+    """``plan_pair`` of every key, one jitted program (leading pair axis).
+
+    On CPU it is compiled without XLA backend optimisation: threefry code
+    dominates the compile time there and runs once.
+    """
+    plan_kw = dict(n=int(n), dim=int(dim), test_size=test_size, epochs=epochs,
+                   batch_size=batch_size)
+    if jax.default_backend() == "cpu":
+        return _plan_pairs.lower(keys, **plan_kw).compile(
+            compiler_options={"xla_backend_optimization_level": 0})(keys)
+    return _plan_pairs(keys, **plan_kw)
 
 
 def train_pairs(
@@ -320,30 +410,27 @@ def train_pairs(
     epochs: int,
     batch_size: int,
     use_exp: bool,
+    fit_norm: float | None = None,
 ) -> PairResult:
     """Trains the SVMs of many ordered pairs at once: ``vmap`` of ``train_pair``.
 
     Two jitted programs, both vmapped over the pair axis: the random plans
-    (compiled without XLA backend optimisation on CPU, where threefry
-    dominates compile time) and the SGD fits.
+    (``plan_pairs``) and the SGD fits.
 
     Args:
       keys: (P,) one key per pair.
       class_latents: (K, n, dim) the first n latents of every class.
       pairs: (P, 2) int rows (source, target).
+      fit_norm: None = fit on the latents as given; a number = standardize
+        each pair's fitted latents to that mean norm (``fit_scale``).
     Returns:
       A ``PairResult`` whose leaves have a leading pair axis P.
     """
     _, n, dim = class_latents.shape
-    plan_kw = dict(n=int(n), dim=int(dim), test_size=test_size, epochs=epochs,
-                   batch_size=batch_size)
-    if jax.default_backend() == "cpu":
-        plans = _plan_pairs.lower(keys, **plan_kw).compile(
-            compiler_options={"xla_backend_optimization_level": 0})(keys)
-    else:
-        plans = _plan_pairs(keys, **plan_kw)
+    plans = plan_pairs(keys, n, dim, test_size=test_size, epochs=epochs,
+                       batch_size=batch_size)
     return _fit_pairs(plans, class_latents, pairs, test_size=test_size, c=c, lr=lr,
-                      use_exp=use_exp)
+                      use_exp=use_exp, fit_norm=None if fit_norm is None else float(fit_norm))
 
 
 def ordered_pairs(num_classes: int) -> np.ndarray:
@@ -365,14 +452,15 @@ def pair_index_table(pairs: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def apply_legacy_unordered_cache(params: SVMParams, pairs: np.ndarray) -> SVMParams:
-    """Reproduces the authors' unordered-pair cache bug (SPEC 3.3, 6.3 bug 2).
+    """Reproduces the authors' unordered-pair cache bug (docs/ladder.md, legacy flags).
 
     The code saves the attention SVM weights under the *unordered* pair
     ``{min, max}`` while the direction (w) is cached per ordered pair, so the
     later-trained of (a, b) and (b, a) overwrites the attention used by both.
     Here pairs are trained in lexicographic order, so (max, min) is the later
     one: both ordered pairs get the attention (att_w, att_b) of (max, min),
-    while each keeps its own normal w and bias b.
+    while each keeps its own normal w, bias b and fit space (mu, sigma; the
+    authors' fits had none).
     """
     pairs = np.asarray(pairs)
     num_classes = int(pairs.max()) + 1

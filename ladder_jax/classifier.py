@@ -53,13 +53,18 @@ def num_logits(head: str, num_classes: int) -> int:
     return 1 if head == "binary" else num_classes
 
 
-def model_spec(config, num_classes: int) -> dict:
-    """The resolved model of ``config.model`` (architecture, head, threshold)."""
+def model_spec(config, num_classes: int, name: Optional[str] = None,
+               kwargs: Optional[Mapping[str, Any]] = None) -> dict:
+    """The resolved model of ``config.model`` (architecture, head, threshold).
+
+    ``name`` / ``kwargs`` replace the architecture (the substitute of another
+    architecture keeps the head and the prediction rule).
+    """
     head = config.model.head
     threshold = LEGACY_CELEBA_THRESHOLD if config.model.legacy_celeba_threshold else 0.0
-    return run_spec.model_spec(config.model.name, num_logits(head, num_classes),
-                               kwargs=dict(config.model.kwargs), state_key=STATE_KEY,
-                               head=head, binary_threshold=threshold)
+    return run_spec.model_spec(name or config.model.name, num_logits(head, num_classes),
+                               kwargs=dict(config.model.kwargs if name is None else kwargs or {}),
+                               state_key=STATE_KEY, head=head, binary_threshold=threshold)
 
 
 def make_run_spec(config, spec: Mapping[str, Any], row: str) -> dict:
@@ -113,6 +118,11 @@ class Classifier:
     def correct(self) -> Callable:
         """jit(mv, x, y) -> per-example correctness."""
         return jax.jit(lambda mv, x, y: self.predict_logits(self.logits(mv, x)) == y)
+
+    @functools.cached_property
+    def latent_pred(self) -> Callable:
+        """jit(mv, z) -> the predicted label of latents z (the head after ``features``)."""
+        return jax.jit(lambda mv, z: self.predict_logits(self.classify(mv, z)))
 
     @functools.cached_property
     def features_and_pred(self) -> Callable:

@@ -29,6 +29,9 @@ ATTACK_KEYS = ("fgsm", "pgd", "cw", "jsma", "aa")
 BASELINE_ROWS = ("fgsm", "pgd", "cw", "jsma")
 FINETUNE_ROWS = VARIANTS + ("trades_ladder",) + BASELINE_ROWS
 TRADES_MODES = ("kl_pairs", "pgd_kl_plus_ladder")
+LATENT_SCALINGS = ("standardize", "none", "pixels255")  # attention_svm.LATENT_SCALINGS
+EPS_UNITS = ("latent_norm", "raw")  # perturb.EPS_UNITS
+ATTACK_SOURCES = ("substitute", "vanilla")
 
 SCHEMA: dict[str, cs.Check] = {
     "seed": cs.integer(0),
@@ -77,12 +80,18 @@ SCHEMA: dict[str, cs.Check] = {
     "svm.batch_size": cs.integer(1),
     "svm.epochs": cs.integer(1),
     "svm.attention_exp": cs.boolean,
-    "svm.legacy_pixel_scale": cs.boolean,
+    "svm.latent_scaling": cs.choice(LATENT_SCALINGS),
+    "svm.fit_norm": cs.number(0, lo_open=True),
+    "svm.allow_untrained_normals": cs.boolean,
+    "svm.check_eps": cs.numbers_tuple(0, lo_open=True, increasing=True),
+    "svm.flip_target": cs.number(0, 1, lo_open=True),
     "svm.legacy_unordered_svm_cache": cs.boolean,
     "svm.pair_chunk_size": cs.integer(0),
     "generate.variants": cs.subset(VARIANTS),
     "generate.per_class_cap": cs.integer(1, extra=(-1,)),
-    "generate.eps_list": cs.numbers_tuple(0, lo_open=True, extra=(-1,)),
+    "generate.eps_unit": cs.choice(EPS_UNITS),
+    # 0 = the calibrated eps (svm stage), -1 = adaptive
+    "generate.eps_list": cs.numbers_tuple(0, extra=(-1,)),
     "generate.eps_init": cs.number(0, lo_open=True),
     "generate.eps_step": cs.number(0, lo_open=True),
     "generate.eps_max": cs.number(0, lo_open=True),
@@ -110,6 +119,9 @@ SCHEMA: dict[str, cs.Check] = {
     "finetune.trades_step_size": cs.number(0, lo_open=True),
     "finetune.trades_num_steps": cs.integer(1),
     "evaluate.attacks": cs.subset(ATTACK_KEYS, allow_empty=True),
+    "evaluate.attack_source": cs.choice(ATTACK_SOURCES),
+    "evaluate.substitute_model.name": cs.choice(("",) + MODELS),
+    "evaluate.substitute_model.kwargs": cs.mapping,
     "evaluate.ladder_attack": cs.boolean,
     "evaluate.num_images": cs.integer(0),
     "evaluate.batch_size": cs.integer(1),
@@ -160,17 +172,29 @@ def _finetune_rows_have_their_data(flat: Mapping[str, Any]) -> None:
 def _eps_rules(flat: Mapping[str, Any]) -> None:
     eps_list = tuple(flat["generate.eps_list"])
     if flat["finetune.eps"] not in eps_list:
-        raise cs.ConfigError(f"config.finetune.eps must be one of generate.eps_list {eps_list}, "
-                             f"got {flat['finetune.eps']!r}")
+        raise cs.ConfigError(f"config.finetune.eps must be one of generate.eps_list {eps_list} "
+                             f"(0 = calibrated, -1 = adaptive), got {flat['finetune.eps']!r}")
     if -1 in eps_list and len(eps_list) > 1:
         raise cs.ConfigError("config.generate.eps_list must be (-1,) alone for adaptive mode, "
                              f"got {eps_list}")
+    if len(set(eps_list)) != len(eps_list):
+        raise cs.ConfigError(f"config.generate.eps_list must not repeat values, got {eps_list}")
     if flat["generate.eps_init"] > flat["generate.eps_max"]:
         raise cs.ConfigError("config.generate.eps_init must be <= generate.eps_max, got "
                              f"{flat['generate.eps_init']} > {flat['generate.eps_max']}")
 
 
-RULES = (_head_rules, _generator_rules, _finetune_rows_have_their_data, _eps_rules)
+def _substitute_rules(flat: Mapping[str, Any]) -> None:
+    kwargs = flat["evaluate.substitute_model.kwargs"]
+    if not flat["evaluate.substitute_model.name"] and kwargs:
+        raise cs.ConfigError(
+            "config.evaluate.substitute_model.kwargs must be empty when "
+            "evaluate.substitute_model.name is '' (the substitute then is the vanilla model's "
+            f"architecture with model.kwargs); got {dict(kwargs)!r}")
+
+
+RULES = (_head_rules, _generator_rules, _finetune_rows_have_their_data, _eps_rules,
+         _substitute_rules)
 
 
 def validate_config(config: Any) -> None:

@@ -10,13 +10,16 @@ several units share, each built once per run:
   latents, the LADDER test set and the scores;
 * one generation program per generation settings (``generation_program``):
   a variant's training-set generation and the LADDER test set share it;
-* one attack program per attack (``attack_program``): the "X Adv." training
-  set and the black-box test set of an attack share it.
+* one attack program per attack and source model (``attack_program``): the
+  "X Adv." training set of an attack (crafted on the vanilla model) and its
+  black-box test set share it when the test sets are crafted on the vanilla
+  model too (``evaluate.attack_source='vanilla'``).
 
 Helpers that several stages need live here too: latents of any images
 (``compute_latents``), the training images LADDER perturbs and their targets
-(``selected_train_images``), and LADDER generation with the run's generator
-and SVMs (``generate_examples``).
+(``selected_train_images``), the svm stage's report and its calibrated eps
+(``svm_report``, ``resolve_eps``), and LADDER generation with the run's
+generator and SVMs (``generate_examples``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advcore import checkpoint as ckpt_lib
-from advcore import data, parallel
+from advcore import data, files, parallel
 from advcore.batching import map_batches
 from advcore.metrics import MetricWriter
 from advcore.variables import ModelVars
@@ -93,9 +96,29 @@ class Context:
     def classifier(self) -> Classifier:
         return Classifier.from_spec(self.model_spec)
 
+    @functools.cached_property
+    def substitute_spec(self) -> dict:
+        """The substitute's model: ``evaluate.substitute_model`` ('' = the vanilla model's)."""
+        sub = self.config.evaluate.substitute_model
+        if not sub.name:
+            return self.model_spec
+        return model_spec(self.config, self.num_classes, name=sub.name,
+                          kwargs=dict(sub.kwargs))
+
+    @functools.cached_property
+    def substitute_classifier(self) -> Classifier:
+        return Classifier.from_spec(self.substitute_spec)
+
+    def source_classifier(self, source: str) -> Classifier:
+        """The classifier of ``models/<source>`` (``vanilla`` or ``substitute``)."""
+        if source not in ("vanilla", "substitute"):
+            raise ValueError(f"source must be 'vanilla' or 'substitute', got {source!r}")
+        return self.classifier if source == "vanilla" else self.substitute_classifier
+
     def run_spec(self, row: str) -> dict:
         """The run spec stored with every checkpoint of ``models/<row>``."""
-        return make_run_spec(self.config, self.model_spec, row)
+        spec = self.substitute_spec if row == "substitute" else self.model_spec
+        return make_run_spec(self.config, spec, row)
 
     def model_dir(self, row: str) -> str:
         return self.wd.path("models", row)
@@ -133,7 +156,7 @@ class Context:
         """(z, predicted label) of uint8 images under the vanilla model, eval mode.
 
         ``scale`` multiplies the [0, 1] images first: 255 gives the authors'
-        SVM inputs (``svm.legacy_pixel_scale``).
+        SVM inputs (``svm.latent_scaling='pixels255'``).
         """
         clf, mv = self.classifier, self.vanilla
         scale = np.float32(scale)
@@ -142,12 +165,38 @@ class Context:
                               mesh=self.mesh)
         return z.astype(np.float32), pred.astype(np.int32)
 
-    def svm_params(self) -> tuple[attention_svm.SVMParams, np.ndarray]:
+    def svm_params(self) -> tuple[attention_svm.LatentSVM, np.ndarray]:
+        """Every pair's SVM with its fit space (leading pair axis), and the pairs."""
         d = self.wd.path("svm")
-        params = attention_svm.SVMParams(
-            **{k: np.load(os.path.join(d, f"{k}.npy"), mmap_mode="r")
-               for k in attention_svm.SVMParams._fields})
-        return params, np.load(os.path.join(d, "pairs.npy"))
+
+        def load(fields):
+            return {k: np.load(os.path.join(d, f"{k}.npy"), mmap_mode="r") for k in fields}
+
+        svms = attention_svm.LatentSVM(
+            attention_svm.SVMParams(**load(attention_svm.SVMParams._fields)),
+            attention_svm.LatentScale(**load(attention_svm.LatentScale._fields)))
+        return svms, np.load(os.path.join(d, "pairs.npy"))
+
+    def svm_report(self) -> dict:
+        """``svm/report.json``: fit statistics, the direction check and the calibrated eps."""
+        report = files.read_json(self.wd.path("svm", "report.json"))
+        if not isinstance(report, dict) or "calibration" not in report:
+            raise ValueError(f"{self.wd.path('svm', 'report.json')} is missing or was written "
+                             "by an older version; rerun --stage=svm")
+        return report
+
+    def calibrated_eps(self) -> float:
+        """The eps the svm stage calibrated (``0`` in ``generate.eps_list`` / ``finetune.eps``)."""
+        return float(self.svm_report()["calibration"]["eps"])
+
+    def resolve_eps(self, values) -> tuple[float, ...]:
+        """``values`` with 0 ("calibrated") replaced by ``calibrated_eps``, duplicates dropped."""
+        out: list[float] = []
+        for e in values:
+            e = self.calibrated_eps() if float(e) == 0.0 else float(e)
+            if e not in out:
+                out.append(e)
+        return tuple(out)
 
     # -- generation ---------------------------------------------------------------
     def selected_train_images(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,10 +214,11 @@ class Context:
         return idx, sources, targets
 
     def generation_settings(self, variant: str, eps_values=None) -> generate.GenerationSettings:
+        """Static settings of ``variant``'s program; 0 in the eps values is the calibrated eps."""
         gc = self.config.generate
         return generate.GenerationSettings(
-            variant=variant, eps_values=tuple(float(e) for e in (eps_values or gc.eps_list)),
-            use_exp=self.config.svm.attention_exp,
+            variant=variant, eps_values=self.resolve_eps(eps_values or gc.eps_list),
+            use_exp=self.config.svm.attention_exp, eps_unit=gc.eps_unit,
             target_range=self.generator_spec().target_range,
             cav_random_std=gc.cav_random_std, random_std=gc.random_std, quantize=gc.quantize,
             legacy_uint8_wrap=gc.legacy_uint8_wrap, eps_init=gc.eps_init, eps_step=gc.eps_step,
@@ -187,24 +237,32 @@ class Context:
         """LADDER generation with the run's generator and SVMs; returns (E, N) arrays."""
         kind = "gan" if variant == "ladder_gan" else "ae"
         gv = self.load_generator(kind)
-        svm_p, pairs = self.svm_params()
+        svms, pairs = self.svm_params()
         table = attention_svm.pair_index_table(pairs, self.num_classes)
         program = self.generation_program(self.generation_settings(variant, eps_values))
         bs = min(self.config.generate.batch_size, max(len(sources), 1))
-        return generate.generate(program, gv, self.vanilla, svm_p, table,
+        return generate.generate(program, gv, self.vanilla, svms, table,
                                  np.asarray(z, np.float32), sources, targets,
                                  np.asarray(clean_pred), batch_size=bs, key=key,
+                                 latent_norm=self.svm_report()["mean_latent_norm"],
                                  mesh=self.mesh, progress=self.progress)
 
     # -- attacks --------------------------------------------------------------------
-    def attack_program(self, key_name: str) -> tuple[Callable, Callable]:
-        """``(attack, jitted run)`` of ``config.attacks.<key_name>`` against the vanilla model."""
-        if key_name not in self._attack_programs:
+    def attack_program(self, key_name: str, source: str = "vanilla"
+                       ) -> tuple[Callable, Callable]:
+        """``(attack, jitted run)`` of ``config.attacks.<key_name>`` against ``models/<source>``.
+
+        The substitute shares the vanilla program when it has the same model.
+        """
+        clf = self.source_classifier(source)
+        same = source == "vanilla" or self.substitute_spec == self.model_spec
+        cache_key = (key_name, "vanilla" if same else source)
+        if cache_key not in self._attack_programs:
             cfg = self.config.attacks[key_name]
-            num_classes = 2 if self.classifier.head == "binary" else self.num_classes
-            self._attack_programs[key_name] = attack_sets.make_attack_program(
-                self.classifier, cfg.name, attack_sets.overrides_of(cfg), num_classes)
-        return self._attack_programs[key_name]
+            num_classes = 2 if clf.head == "binary" else self.num_classes
+            self._attack_programs[cache_key] = attack_sets.make_attack_program(
+                clf, cfg.name, attack_sets.overrides_of(cfg), num_classes)
+        return self._attack_programs[cache_key]
 
 
 def _model_vars(entry: dict) -> ModelVars:

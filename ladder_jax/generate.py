@@ -1,5 +1,6 @@
-"""Batched LADDER generation: x_hat = G(z + eps * beta(z) * d) for many images at once.
+"""Batched LADDER generation: x_hat = G(z + eps * step) for many images at once.
 
+step is beta(z) * d in the unit of ``generate.eps_unit`` (``perturb``).
 Images are grouped by their ordered pair (y, t); each group is processed in
 fixed-size chunks by one jitted program that computes the attention, the
 per-image directions, every eps of ``eps_list`` (or the adaptive eps), the
@@ -88,9 +89,10 @@ class GenerationSettings:
     """Static settings of one generation program."""
 
     variant: str
-    eps_values: tuple[float, ...]  # (-1,) = adaptive
+    eps_values: tuple[float, ...]  # (-1,) = adaptive; no 0 (calibrated values are resolved)
     use_exp: bool
     target_range: str
+    eps_unit: str = "latent_norm"  # perturb.EPS_UNITS
     cav_random_std: float = 0.01
     random_std: float = 0.1
     quantize: str = "truncate"
@@ -106,40 +108,40 @@ class GenerationSettings:
 
 
 def make_chunk_fn(gen: nn.Module, clf: Any, s: GenerationSettings) -> Callable:
-    """jit(g_vars, c_vars, svm_params, z, idx, clean_pred, key) -> dict of (E, B) arrays.
+    """jit(g_vars, c_vars, svm, latent_norm, z, idx, clean_pred, key) -> dict of (E, B) arrays.
 
     ``clf`` is a ``ladder_jax.classifier.Classifier`` (the frozen vanilla
-    model). The caller keeps the returned program to share its compilation
+    model), ``svm`` one pair's ``attention_svm.LatentSVM`` and
+    ``latent_norm`` the mean training-latent norm r ('latent_norm' unit).
+    The caller keeps the returned program to share its compilation
     (``Context.generation_program``: one per settings for the whole run).
     """
+    if s.eps_unit not in perturb.EPS_UNITS:
+        raise ValueError(f"eps_unit must be one of {perturb.EPS_UNITS}, got {s.eps_unit!r}")
 
     def decode_images(g_vars, zp):
         return generators.output_to_image(apply_eval(gen, g_vars, zp), s.target_range)
 
-    def run(g_vars, c_vars, svm_p, z, idx, clean_pred, key):
+    def run(g_vars, c_vars, svm, latent_norm, z, idx, clean_pred, key):
         b = z.shape[0]
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-        if s.variant in ("ladder", "ladder_gan"):
-            d = jnp.broadcast_to(svm_p.w, z.shape)
-        else:
-            noise = jax.vmap(lambda k: jax.random.normal(k, (z.shape[-1],), z.dtype))(keys)
-            d = svm_p.w + s.cav_random_std * noise if s.variant == "cavRandom" \
-                else s.random_std * noise
-        beta = attention_svm.attention(svm_p, z, s.use_exp)
-        beta_d = beta * d
+        noise = jax.vmap(lambda k: jax.random.normal(k, (z.shape[-1],), z.dtype))(keys)
+        d = perturb.variant_directions(s.variant, svm, noise, s.cav_random_std, s.random_std)
+        beta = attention_svm.latent_attention(svm, z, s.use_exp)
+        step = perturb.step_direction(beta * d, s.eps_unit, latent_norm)
         if s.adaptive:
             def predict_fn(zp):
                 x = decode_images(g_vars, zp)
                 return clf.predict_logits(clf.logits(c_vars, jnp.clip(x, 0.0, 1.0)))
 
             eps = perturb.adaptive_eps(
-                predict_fn, z, beta_d, clean_pred, eps_init=s.eps_init,
+                predict_fn, z, step, clean_pred, eps_init=s.eps_init,
                 eps_step=s.eps_step, eps_max=s.eps_max, ite_max_eps=s.ite_max_eps)
             eps = eps[None, :]  # (1, B)
         else:
             eps = jnp.broadcast_to(jnp.asarray(s.eps_values, z.dtype)[:, None],
                                    (len(s.eps_values), b))
-        zp = z[None] + eps[..., None] * beta_d[None]  # (E, B, D)
+        zp = z[None] + eps[..., None] * step[None]  # (E, B, D)
         e = zp.shape[0]
         flat = zp.reshape(e * b, -1)
         x_hat = decode_images(g_vars, flat)
@@ -147,7 +149,7 @@ def make_chunk_fn(gen: nn.Module, clf: Any, s: GenerationSettings) -> Callable:
         # The vanilla model's label for the stored uint8 image.
         pred = clf.predict_logits(clf.logits(c_vars, to_float(q)))
         latent_pred = clf.predict_logits(clf.classify(c_vars, flat))
-        h = attention_svm.svm_score(svm_p, flat, s.use_exp)
+        h = attention_svm.latent_score(svm, flat, s.use_exp)
         return {
             "x_adv": q.reshape((e, b) + q.shape[1:]),
             "pred": pred.reshape(e, b),
@@ -163,7 +165,7 @@ def generate(
     chunk_fn: Callable,
     g_vars: ModelVars,
     c_vars: ModelVars,
-    svm_params: attention_svm.SVMParams,
+    svms: attention_svm.LatentSVM,
     pair_table: np.ndarray,
     z: np.ndarray,
     sources: np.ndarray,
@@ -172,14 +174,16 @@ def generate(
     *,
     batch_size: int,
     key: jax.Array,
+    latent_norm: float = 1.0,
     mesh=None,
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Runs ``chunk_fn`` over all images, grouped by ordered pair.
 
-    ``z`` (N, D) are the images' latents; ``svm_params`` leaves have a
-    leading pair axis indexed by ``pair_table[y, t]``. Each image's noise is
-    keyed by its row index, so results do not depend on the batching.
+    ``z`` (N, D) are the images' latents; ``svms`` leaves have a leading
+    pair axis indexed by ``pair_table[y, t]``; ``latent_norm`` is r of the
+    'latent_norm' unit. Each image's noise is keyed by its row index, so
+    results do not depend on the batching.
     Returns arrays with a leading (E, N) layout in the input order.
     """
     n = len(sources)
@@ -188,6 +192,7 @@ def generate(
         raise ValueError("some (source, target) pairs have no trained SVM")
     z = np.asarray(z, np.float32)
     clean_pred = np.asarray(clean_pred, np.int32)
+    r = jnp.float32(latent_norm)
     out: dict[str, np.ndarray] = {}
     groups = [(p, np.nonzero(pair_ids == p)[0]) for p in np.unique(pair_ids)]
     # One chunk shape for all calls (one compilation), but no bigger than the
@@ -196,10 +201,10 @@ def generate(
     largest = max(len(g) for _, g in groups)
     batch_size = min(batch_size, -(-largest // 8) * 8)
     for p, rows in tqdm(groups, desc="generate", disable=not progress, leave=False):
-        svm_p = jax.tree.map(lambda a: jnp.asarray(a[p]), svm_params)
+        svm_p = jax.tree.map(lambda a: jnp.asarray(a[p]), svms)
 
         def batch_first(zb, idx, cp, svm_p=svm_p):
-            res = chunk_fn(g_vars, c_vars, svm_p, zb, idx, cp, key)
+            res = chunk_fn(g_vars, c_vars, svm_p, r, zb, idx, cp, key)
             return {name: jnp.moveaxis(v, 0, 1) for name, v in res.items()}
 
         res = map_batches(batch_first, (z[rows], rows.astype(np.int32), clean_pred[rows]),

@@ -45,6 +45,13 @@ STREAMS: dict[str, tuple[int, str]] = {
     "testset_ladder": (1111, "the noise of the LADDER attack on test images"),
     "testset_ladder_targets": (1212, "the target class of every test image of the LADDER "
                                      "attack"),
+    "substitute_init": (1313, "the substitute classifier's initial weights and step keys "
+                              "(the model that crafts the black-box test sets)"),
+    "substitute_batches": (1414, "the substitute classifier's batch order"),
+    "substitute_subset": (1515, "the random part of the training split the substitute sees "
+                                "(classifier.train_fraction)"),
+    "svm_direction_check": (1616, "the random directions the svm stage's direction check "
+                                  "compares LADDER's push with"),
 }
 
 # Per-unit stream templates: "<kind>/<unit name>".

@@ -6,13 +6,15 @@ WORKDIR/
   metrics.jsonl                    unit-level metrics (JSON lines)
   markers/<unit>.json              finished units (``unit`` with '/' written '__')
   models/<row>/                    evaluable checkpoints/, metrics.jsonl, report.json
-                                   (rows: vanilla, ladder, fgsm, ...)
+                                   (rows: vanilla, substitute, ladder, fgsm, ...)
   latents/{train,test}_{z,labels,pred}.npy
   generator/<ae|gan>/              checkpoints/, metrics.jsonl, report.json, reconstruction.png
-  svm/                             att_w/att_b/w/b/pairs .npy, report.json
+  svm/                             att_w/att_b/w/b/mu/sigma/pairs .npy, report.json (fit
+                                   statistics, direction check, calibrated ε)
   generated/<variant>/             LADDER sets (x_adv, x, label, target, eps, fools, ...)
   generated/eps_sweep.png          the ε sweep grid (Figs. 7/10)
-  attack_sets/{train,test}/<name>/ attack sets crafted on the vanilla model
+  attack_sets/train/<name>/        "X Adv." training sets, crafted on the vanilla model
+  attack_sets/test/<name>/         black-box test sets, crafted on evaluate.attack_source
   evaluate/                        scores/<row>.json, table*.md / .json
   discarded/<time>-<unit>/         outputs moved aside by --force or a config change
 ```

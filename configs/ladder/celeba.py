@@ -1,13 +1,14 @@
 """LADDER on CelebA smile vs not-smile with VGG11-BN "CelebANet" (Table 3).
 
-One logit trained with BCE-with-logits (SPEC 2.3): SGD lr 0.01, momentum 0.9,
+One logit trained with BCE-with-logits: SGD lr 0.01, momentum 0.9,
 batch 64, 100 epochs. The authors start from ImageNet weights; none are
 available offline, so the conv stack trains from scratch here [A].
 Predictions use logit >= 0 (``model.legacy_celeba_threshold`` = the code's
 >= 0.5). Generator ``celebA_generator`` (z 4096 -> 128x128, tanh), L1 [A];
 LADDER-GAN also trained (``kinds``). Generation: 1,000 per class (the paper's
 2,000). Fine-tuning: SGD lr 0.01, momentum 0.5, wd 5e-4, batch 64, 100 epochs.
-tfds-only (``celeb_a``, attribute 'Smiling').
+tfds-only (``celeb_a``, attribute 'Smiling'). Variants: ``common.py``
+(``legacy`` fits the SVMs on [0, 1]-image latents, the authors' CelebA code).
 """
 
 from configs.ladder import common

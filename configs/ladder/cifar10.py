@@ -6,7 +6,8 @@ constant LR, no augmentation, no normalisation. Generator ``cifar_generator``
 (0.5, 0.999); LADDER-GAN also trained. Generation: every training image
 (50,000). Fine-tuning: SGD lr 0.001, momentum 0.9, wd 5e-4, batch 128, 100
 epochs; TRADES+LADDER with β = 6 and the CIFAR attack (ε 0.031, step 0.007,
-10 steps). tfds-only (``cifar10``).
+10 steps). tfds-only (``cifar10``). Variants: ``common.py`` (``legacy`` fits
+the SVMs on [0, 1]-image latents, the authors' CIFAR-10 code).
 """
 
 from configs.ladder import common

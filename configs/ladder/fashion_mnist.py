@@ -1,7 +1,8 @@
 """LADDER on Fashion-MNIST: the MNIST recipe unchanged (not in the paper).
 
 The LeNet, generator, SVM and fine-tuning settings are MNIST's; only the data
-differ. Variants: ``smoke``, ``paper_eps``, ``adaptive``, ``legacy``, ``svm255``.
+differ. Variants: ``smoke``, ``paper_eps``, ``adaptive``, ``legacy`` (x·255 SVM
+inputs, the MNIST code's), ``svm255``, ``previous_defaults`` (``common.py``).
 """
 
 from configs.ladder import common

@@ -1,10 +1,12 @@
-"""LADDER on SVHN with VGG8 "SVHNNet" (SPEC 2.3; Table 1; Table 6 row 2).
+"""LADDER on SVHN with VGG8 "SVHNNet" (Table 1; Table 6 row 2).
 
 Vanilla VGG8: SGD lr 0.1, momentum 0.9, wd 5e-4, batch 1280, 150 epochs on a
 random 30 % of the train split (the code's ``--percent 0.3``). Generator:
 ``svhn_generator`` (z 4096 -> 32x32, tanh), L1 [A], Adam 1e-3; the epoch count
 is not given [A]. Generation: 450 per class (4,500). Fine-tuning: SGD lr 0.001,
 momentum 0.9, wd 5e-4, batch 128, 100 epochs. tfds-only (``svhn_cropped``).
+Variants: ``common.py`` (``legacy`` fits the SVMs on latents of x·255, the
+authors' SVHN code).
 """
 
 from configs.ladder import common

@@ -14,16 +14,19 @@ image selection, generation) or a library module.
 
 Units (what they read -> what they write):
 
-* ``classifier``: ``classifier`` (data -> ``models/vanilla/``)
+* ``classifier``: ``classifier`` (data -> ``models/vanilla/``), ``substitute``
+  (data -> ``models/substitute/``, when the black-box sets are crafted on it)
 * ``latents``: ``latents`` (``classifier`` -> ``latents/``)
 * ``generator``: ``generator/<kind>`` (``latents`` -> ``generator/<kind>/``)
-* ``svm``: ``svm`` (``latents``, and ``classifier`` for x·255 inputs -> ``svm/``)
+* ``svm``: ``svm`` (``latents``, ``classifier`` -> ``svm/``: the SVMs, the
+  direction check and the calibrated ε)
 * ``generate``: ``generate/<variant>``, ``generate/sweep`` (``classifier``, ``latents``,
   ``generator/<kind>``, ``svm`` -> ``generated/``)
 * ``finetune``: ``trainset/<row>`` (``classifier`` -> ``attack_sets/train/<row>``),
   ``finetune/<row>`` (``classifier`` and ``generate/<variant>`` or ``trainset/<row>``
   -> ``models/<row>/``)
-* ``evaluate``: ``testset/<attack>`` (``classifier`` -> ``attack_sets/test/``),
+* ``evaluate``: ``testset/<attack>`` (``substitute``, or ``classifier`` when
+  ``evaluate.attack_source='vanilla'`` -> ``attack_sets/test/``),
   ``testset/ladder`` (``classifier``, ``generator/ae``, ``svm``), ``score/<row>``
   (the row's model and every test set -> ``evaluate/scores/``); ``finish`` writes
   the tables

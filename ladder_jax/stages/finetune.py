@@ -5,7 +5,8 @@ Rows (``finetune.rows``), each saved as an evaluable checkpoint in
 
 * ``ladder``, ``ladder_gan``, ``cavRandom``, ``random``: Eq. 6 on the
   generated pairs (x, x_hat, y = source label) of ``generated/<variant>``
-  at ε = ``finetune.eps`` (all pairs in adaptive mode);
+  at ε = ``finetune.eps`` (0: the ε the svm stage calibrated, as recorded
+  in the set's ``info.json``; all pairs in adaptive mode);
 * ``trades_ladder``: TRADES+LADDER on the ``ladder`` pairs
   (``finetune.trades_mode``);
 * ``fgsm``, ``jsma``, ``pgd``, ``cw``: the "X Adv." baselines: Eq. 6 on
@@ -89,16 +90,33 @@ def units(ctx) -> list[Unit]:
     return out
 
 
+def finetune_eps(ctx, row: str) -> float | None:
+    """The ε whose pairs ``row`` fine-tunes on: ``finetune.eps``, 0 resolved (None: baselines)."""
+    if row in BASELINE_ROWS:
+        return None
+    eps = ctx.config.finetune.eps
+    if eps == 0:
+        variant = "ladder" if row == "trades_ladder" else row
+        _, info = generate.load_generated_set(ctx.wd.path("generated", variant), mmap=True)
+        if info.get("calibrated_eps") is None:
+            raise ValueError(f"finetune.eps=0 (calibrated) needs 0 in generate.eps_list; "
+                             f"generated/{variant} was made with eps_list "
+                             f"{info.get('eps_list')}")
+        return float(info["calibrated_eps"])
+    return float(eps)
+
+
 def training_pairs(ctx, row: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, x_adv, y) uint8 / int32 arrays that ``row`` fine-tunes on."""
     if row in BASELINE_ROWS:
         return attack_sets.load_pairs_from_attack_set(ctx.wd, row, ctx.train_set().images)
     variant = "ladder" if row == "trades_ladder" else row
     arrays, _ = generate.load_generated_set(ctx.wd.path("generated", variant))
-    eps = ctx.config.finetune.eps
+    eps = finetune_eps(ctx, row)
     keep = np.ones(len(arrays["label"]), bool) if eps == -1 else np.isclose(arrays["eps"], eps)
     if not keep.any():
-        raise ValueError(f"finetune.eps={eps} matches no image of generated/{variant}; "
+        raise ValueError(f"finetune.eps={ctx.config.finetune.eps} (ε = {eps}) matches no "
+                         f"image of generated/{variant}; "
                          f"available eps: {sorted(set(np.asarray(arrays['eps']).tolist()))}")
     return arrays["x"][keep], arrays["x_adv"][keep], arrays["label"][keep].astype(np.int32)
 
@@ -145,12 +163,17 @@ def finetune_row(ctx, identity: dict, *, row: str, steps: _Steps) -> dict:
     final = eval_fn(state)
     if trained:
         writer.write(int(state.step), {f"eval/{k}": v for k, v in final.items()})
+    eps = finetune_eps(ctx, row)
     report = {"row": row, "pairs": int(len(y)), "mode": mode,
-              "test_accuracy": final["test_accuracy"],
+              "test_accuracy": final["test_accuracy"], "eps": eps,
+              "eps_unit": None if eps is None else c.generate.eps_unit,
+              "eps_calibrated": eps is not None and ft.eps == 0,
               "fooling_rate_of_pairs_on_vanilla": None}
     if row in VARIANTS:
         arrays, _ = generate.load_generated_set(ctx.wd.path("generated", row), mmap=True)
-        report["fooling_rate_of_pairs_on_vanilla"] = float(np.mean(arrays["fools"]))
+        keep = (np.ones(len(arrays["fools"]), bool) if eps == -1
+                else np.isclose(arrays["eps"], eps))
+        report["fooling_rate_of_pairs_on_vanilla"] = float(np.mean(arrays["fools"][keep]))
     files.write_json(ctx.wd.path(unit_dir, "report.json"), report)
     return {**{k: v for k, v in report.items() if isinstance(v, (int, float))},
             "output_digest": digest}

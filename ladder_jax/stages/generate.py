@@ -1,10 +1,13 @@
-"""Stage 5: LADDER examples x_hat = G(z + ε·β⊙d) of the selected training images.
+"""Stage 5: LADDER examples x_hat = G(z + ε·step) of the selected training images.
 
 One unit per variant of ``generate.variants`` (``ladder``, ``ladder_gan``,
 ``cavRandom``, ``random``; stored in ``generated/<variant>/``) and one for
 the ε-sweep figure (``generated/eps_sweep.png``). The images, their targets
 and every ε are the same for all variants; see ``ladder_jax.generate`` for
-the generation itself and its storage.
+the generation itself and its storage, ``ladder_jax.perturb`` for the step
+and its unit (``generate.eps_unit``). A ``0`` in ``generate.eps_list`` is the
+ε the svm stage calibrated (its ``report.json``); the set's ``info.json``
+records the value as ``calibrated_eps``.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ def generate_variant(ctx, identity: dict, *, variant: str) -> dict:
                                 streams.jax_key(ctx.config.seed, f"generate/{variant}"))
     clean = ctx.train_set().images[idx]
     arrays = generate.flatten_eps(res, clean, sources, targets, idx)
-    info = {"variant": variant, "split": "train", "eps_list": list(gc.eps_list),
+    calibrated = ctx.calibrated_eps() if 0 in tuple(gc.eps_list) else None
+    info = {"variant": variant, "split": "train", "eps_list": list(ctx.resolve_eps(gc.eps_list)),
+            "eps_unit": gc.eps_unit, "calibrated_eps": calibrated,
             "quantize": gc.quantize, "legacy_uint8_wrap": gc.legacy_uint8_wrap,
-            "attention_exp": ctx.config.svm.attention_exp}
+            "attention_exp": ctx.config.svm.attention_exp,
+            "latent_scaling": ctx.config.svm.latent_scaling}
     generate.save_generated_set(ctx.wd.path("generated", variant), arrays, info)
     out = {"count": int(len(arrays["label"])),
            "fooling_rate": float(np.mean(arrays["fools"])),
@@ -60,6 +66,8 @@ def generate_variant(ctx, identity: dict, *, variant: str) -> dict:
         for e in np.unique(arrays["eps"]):
             out[f"fooling_rate_eps{e:g}"] = float(np.mean(arrays["fools"][arrays["eps"] == e]))
     out["mean_eps"] = float(np.mean(arrays["eps"]))
+    if calibrated is not None:
+        out["calibrated_eps"] = calibrated
     return out
 
 
@@ -82,5 +90,6 @@ def eps_sweep(ctx, identity: dict) -> dict:
     ctx.wd.ensure_dir("generated")
     plots.eps_sweep_grid(ctx.wd.path("generated", "eps_sweep.png"), train.images[idx],
                          generated, list(gc.sweep_eps), target_examples, sources, targets,
-                         res["pred"].T, title=f"LADDER ε sweep ({ctx.config.dataset.name})")
+                         res["pred"].T, title=f"LADDER ε sweep ({ctx.config.dataset.name}, "
+                                              f"ε in {gc.eps_unit} units)")
     return {"images": int(n), "columns": len(gc.sweep_eps)}

@@ -14,28 +14,68 @@ from ladder_jax.config_schema import validate_config
 DATASETS = ("mnist", "fashion_mnist", "svhn", "celeba", "cifar10")
 
 
+# The authors' SVM inputs per dataset: their MNIST/SVHN code reads [0, 255]
+# tensors, their CelebA/CIFAR-10 code divides by 255.
+AUTHORS_SVM_INPUTS = {"mnist": "pixels255", "fashion_mnist": "pixels255", "svhn": "pixels255",
+                      "celeba": "none", "cifar10": "none"}
+
+
 @pytest.mark.parametrize("name", DATASETS)
-@pytest.mark.parametrize("variant", [None, "smoke", "smoke,legacy", "adaptive", "paper_eps"])
+@pytest.mark.parametrize("variant", [None, "smoke", "smoke,legacy", "adaptive", "paper_eps",
+                                     "svm255", "previous_defaults", "legacy,paper_eps,adaptive"])
 def test_configs_validate(name, variant):
     c = importlib.import_module(f"configs.ladder.{name}").get_config(variant)
     validate_config(c)
-    if variant and "legacy" in variant:
-        assert c.svm.legacy_pixel_scale and c.svm.legacy_unordered_svm_cache
+    tokens = (variant or "").split(",")
+    if "legacy" in tokens:
+        assert c.svm.latent_scaling == AUTHORS_SVM_INPUTS[name]
+        assert c.svm.allow_untrained_normals and c.svm.legacy_unordered_svm_cache
         assert c.generate.legacy_uint8_wrap and c.generator.legacy_convt_init
     else:
-        assert not c.svm.legacy_pixel_scale and not c.generate.legacy_uint8_wrap
+        assert not c.generate.legacy_uint8_wrap and not c.svm.legacy_unordered_svm_cache
+    if not {"legacy", "svm255", "previous_defaults"} & set(tokens):
+        # The faithful defaults: a fit that must leave its init.
+        assert c.svm.latent_scaling == "standardize" and not c.svm.allow_untrained_normals
     assert c.svm.attention_exp  # the code's behaviour is the default
 
 
-@pytest.mark.parametrize("name", ("mnist", "svhn"))
-def test_svm255_turns_on_only_the_svm_pixel_scale(name):
+@pytest.mark.parametrize("name", DATASETS)
+def test_defaults_are_the_faithful_method(name):
+    c = importlib.import_module(f"configs.ladder.{name}").get_config()
+    assert (c.svm.latent_scaling, c.svm.fit_norm, c.svm.allow_untrained_normals) == \
+        ("standardize", 1e4, False)
+    assert c.generate.eps_unit == "latent_norm"
+    assert tuple(c.generate.eps_list) == (0.0,) and c.finetune.eps == 0.0  # calibrated
+    assert c.svm.flip_target == 0.5 and c.svm.check_eps[-1] == 1.0
+    assert c.evaluate.attack_source == "substitute" and c.evaluate.substitute_model.name == ""
+
+
+@pytest.mark.parametrize("name", ("mnist", "svhn", "celeba"))
+def test_svm255_sets_only_the_authors_pixel_scale(name):
     module = importlib.import_module(f"configs.ladder.{name}")
     base, svm255 = module.get_config().to_dict(), module.get_config("svm255")
     validate_config(svm255)
     svm255 = svm255.to_dict()
-    assert svm255["svm"].pop("legacy_pixel_scale") is True
-    assert base["svm"].pop("legacy_pixel_scale") is False
+    assert svm255["svm"].pop("latent_scaling") == "pixels255"
+    assert base["svm"].pop("latent_scaling") == "standardize"
     assert svm255 == base
+
+
+def test_paper_eps_and_previous_defaults_tokens():
+    module = importlib.import_module("configs.ladder.mnist")
+    paper = module.get_config("paper_eps")
+    assert paper.generate.eps_unit == "raw" and paper.finetune.eps == 0.5
+    assert tuple(paper.generate.eps_list) == (0.5, 2.0, 5.0, 10.0, 12.0, 15.0, 18.0, 20.0, 25.0)
+    assert tuple(paper.svm.check_eps) == tuple(paper.generate.eps_list)  # raw check grid
+    assert (paper.generate.eps_init, paper.generate.eps_step, paper.generate.eps_max) == \
+        (0.5, 0.1, 26.0)  # jobgeneration.sh's adaptive search
+    assert paper.generate.sweep_eps[-1] == 30.0  # Fig. 10 in raw units
+    assert paper.svm.latent_scaling == "standardize"  # only the ε changes
+    old = module.get_config("previous_defaults")
+    assert (old.svm.latent_scaling, old.svm.allow_untrained_normals) == ("none", True)
+    assert (old.generate.eps_unit, tuple(old.generate.eps_list), old.finetune.eps) == \
+        ("raw", (0.5,), 0.5)
+    assert old.evaluate.attack_source == "vanilla"
 
 
 def test_paper_hyperparameters():
@@ -63,6 +103,13 @@ def test_paper_hyperparameters():
     ("generate.variants", ("ladder", "bogus"), "generate.variants entries must be in"),
     ("generate.per_class_cap", 0, "generate.per_class_cap must be an int >= 1"),
     ("finetune.eps", 3.0, "finetune.eps must be one of generate.eps_list"),
+    ("generate.eps_list", (0.0, 0.0), "generate.eps_list must not repeat values"),
+    ("generate.eps_unit", "pixels", r"generate.eps_unit must be one of \('latent_norm', 'raw'\)"),
+    ("svm.latent_scaling", "zscore", r"svm.latent_scaling must be one of \('standardize'"),
+    ("svm.check_eps", (0.5, 0.1), "svm.check_eps must be increasing"),
+    ("svm.flip_target", 0.0, r"svm.flip_target must be a number in \(0, 1\]"),
+    ("evaluate.attack_source", "parent", r"evaluate.attack_source must be one of "
+                                         r"\('substitute', 'vanilla'\)"),
     ("generator.gan_lambda", 0.0, "generator.gan_lambda must be a number in"),
     ("model.head", "binary", "legacy_celeba_threshold|binary"),
 ])
@@ -79,6 +126,16 @@ def test_bad_values_name_the_field(field, value, message):
         validate_config(c)
 
 
+def test_substitute_kwargs_need_a_substitute_name():
+    c = importlib.import_module("configs.ladder.mnist").get_config()
+    c.evaluate.substitute_model.kwargs = {"width": 2}
+    with pytest.raises(ValueError, match="evaluate.substitute_model.kwargs must be empty when "
+                                         "evaluate.substitute_model.name is ''"):
+        validate_config(c)
+    c.evaluate.substitute_model.name = "small_cnn"
+    validate_config(c)
+
+
 def test_unknown_field_and_bad_variant():
     c = importlib.import_module("configs.ladder.mnist").get_config()
     c.svm.unlock()
@@ -92,13 +149,13 @@ def test_unknown_field_and_bad_variant():
 def test_cli_config_flags_override_and_lock(monkeypatch):
     # config_flags reads the overrides from sys.argv, as under absl.app.run.
     argv = ["prog", "--config=configs/ladder/mnist.py:smoke", "--config.svm.attention_exp=False",
-            "--config.generate.eps_list=(0.5,2.0)"]
+            "--config.generate.eps_list=(0,0.5,2.0)", "--config.finetune.eps=0.5"]
     monkeypatch.setattr(sys, "argv", argv)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
     fv(argv)
     assert fv.config.svm.attention_exp is False
-    assert tuple(fv.config.generate.eps_list) == (0.5, 2.0)
+    assert tuple(fv.config.generate.eps_list) == (0, 0.5, 2.0) and fv.config.finetune.eps == 0.5
     assert fv.config.dataset.train_limit == 400
     validate_config(fv.config)
     argv = ["prog", "--config=configs/ladder/mnist.py", "--config.svm.nonexistent=1"]

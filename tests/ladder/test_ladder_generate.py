@@ -1,4 +1,5 @@
-"""Generation: h monotone in ε, adaptive ε, quantisation, image/target selection, variants."""
+"""Generation: h monotone in ε, the ε units, adaptive ε, quantisation, image/target
+selection, variants."""
 
 from __future__ import annotations
 
@@ -52,16 +53,18 @@ def setup():
     z_tgt = (rng.normal(size=(30, DIM)) + 2.0).astype(np.float32)
     res = A.train_pair(jax.random.key(2), jnp.asarray(z_src), jnp.asarray(z_tgt),
                        test_size=0.33, c=1.0, lr=0.05, epochs=3, batch_size=1, use_exp=True)
-    return clf, c_vars, gen, g_vars, res.params, z_src
+    return clf, c_vars, gen, g_vars, res.svm, z_src
 
 
 def test_svm_score_increases_monotonically_with_eps(setup):
     clf, c_vars, gen, g_vars, svm_p, z_src = setup
     eps = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-    s = GenerationSettings(variant="ladder", eps_values=eps, use_exp=True, target_range="unit")
+    s = GenerationSettings(variant="ladder", eps_values=eps, use_exp=True, target_range="unit",
+                           eps_unit="raw")
     fn = generate.make_chunk_fn(gen, clf, s)
     z = jnp.asarray(z_src[:8])
-    out = fn(g_vars, c_vars, svm_p, z, jnp.arange(8), jnp.zeros(8, jnp.int32), jax.random.key(0))
+    out = fn(g_vars, c_vars, svm_p, 1.0, z, jnp.arange(8), jnp.zeros(8, jnp.int32),
+             jax.random.key(0))
     h = np.asarray(out["svm_h"])  # (E, B)
     assert h.shape == (len(eps), 8)
     assert (np.diff(h, axis=0) > 0).all(), h
@@ -77,22 +80,69 @@ def test_svm_score_increases_monotonically_with_eps(setup):
 def test_perturbation_rule_is_z_plus_eps_beta_d(setup):
     _, _, _, _, svm_p, z_src = setup
     z = jnp.asarray(z_src[:3])
-    beta = np.asarray(A.attention(svm_p, z, True))
-    zp = perturb.perturb_for_pair(svm_p, z, jnp.broadcast_to(svm_p.w, z.shape), 2.5, True)
-    np.testing.assert_allclose(np.asarray(zp), z_src[:3] + 2.5 * beta * np.asarray(svm_p.w),
+    beta = np.asarray(A.attention(svm_p.params, z, True))
+    w = svm_p.params.w
+    zp = perturb.perturb_for_pair(svm_p, z, jnp.broadcast_to(w, z.shape), 2.5, True)
+    np.testing.assert_allclose(np.asarray(zp), z_src[:3] + 2.5 * beta * np.asarray(w),
                                rtol=1e-6)
 
 
 def test_direction_variants(setup):
     _, _, _, _, svm_p, _ = setup
-    w = svm_p.w
+    w = np.asarray(svm_p.params.w)
     key = jax.random.key(0)
-    np.testing.assert_array_equal(np.asarray(perturb.directions("ladder", w, key, 4)),
-                                  np.broadcast_to(np.asarray(w), (4, DIM)))
-    cav = np.asarray(perturb.directions("cavRandom", w, key, 2000))
-    assert abs((cav - np.asarray(w)).std() - 0.01) < 0.001
-    rnd = np.asarray(perturb.directions("random", w, key, 2000))
+    np.testing.assert_array_equal(np.asarray(perturb.directions("ladder", svm_p, key, 4)),
+                                  np.broadcast_to(w, (4, DIM)))
+    cav = np.asarray(perturb.directions("cavRandom", svm_p, key, 2000))
+    assert abs((cav - w).std() - 0.01) < 0.001
+    rnd = np.asarray(perturb.directions("random", svm_p, key, 2000))
     assert abs(rnd.std() - 0.1) < 0.005 and abs(rnd.mean()) < 0.005
+    # A standardized SVM: LADDER pushes along d = w / sigma; cavRandom's noise
+    # is added to w in the fit space, then mapped back.
+    sigma = np.linspace(0.5, 2.0, DIM).astype(np.float32)
+    scaled = A.LatentSVM(svm_p.params, A.LatentScale(jnp.zeros(DIM), jnp.asarray(sigma)))
+    np.testing.assert_allclose(np.asarray(perturb.directions("ladder", scaled, key, 2))[0],
+                               w / sigma, rtol=1e-6)
+    cav = np.asarray(perturb.directions("cavRandom", scaled, key, 2000))
+    assert abs((cav * sigma - w).std() - 0.01) < 0.001
+
+
+@pytest.fixture(scope="module")
+def standardized_svm(setup):
+    """An SVM fitted in the standardized space, so d = w / sigma differs from w."""
+    zs = jnp.asarray(setup[-1])
+    return A.train_pair(jax.random.key(4), zs, zs + 2.0, test_size=0.33, c=0.01, lr=0.01,
+                        epochs=2, batch_size=1, use_exp=True, fit_norm=1e4).svm
+
+
+@pytest.mark.parametrize("variant", ["ladder", "cavRandom", "random"])
+def test_latent_norm_unit_moves_every_latent_by_eps_times_r(setup, standardized_svm, variant):
+    """'latent_norm': ||z' - z|| = eps * r for every image and variant; 'raw' is eps * beta * d."""
+    clf, c_vars, gen, g_vars, svm_p, z_src = setup
+    fitted = standardized_svm
+    z = jnp.asarray(z_src[:6])
+    d = perturb.directions(variant, fitted, jax.random.key(1), 6)
+    r = 7.5
+    for eps in (0.05, 0.2, 1.0):
+        zp = perturb.perturb_for_pair(fitted, z, d, eps, True, "latent_norm", r)
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(zp - z), axis=1), eps * r,
+                                   rtol=1e-5)
+        raw = perturb.perturb_for_pair(fitted, z, d, eps, True, "raw")
+        beta = np.asarray(A.latent_attention(fitted, z, True))
+        np.testing.assert_allclose(np.asarray(raw - z), eps * beta * np.asarray(d), rtol=1e-5,
+                                   atol=1e-6)
+    # The generation program pushes the same way: its SVM score is the score of
+    # z + eps * r * unit(beta * d), computed here by hand.
+    s = GenerationSettings(variant="ladder", eps_values=(0.3,), use_exp=True,
+                           target_range="unit", eps_unit="latent_norm")
+    out = generate.make_chunk_fn(gen, clf, s)(g_vars, c_vars, fitted, r, z, jnp.arange(6),
+                                              jnp.zeros(6, jnp.int32), jax.random.key(0))
+    beta = np.asarray(A.latent_attention(fitted, z, True))
+    step = beta * np.asarray(A.boundary_normal(fitted))
+    zp = z_src[:6] + 0.3 * r * step / np.linalg.norm(step, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(out["svm_h"][0]),
+                               np.asarray(A.latent_score(fitted, jnp.asarray(zp), True)),
+                               rtol=1e-4, atol=1e-3)
 
 
 def _reference_adaptive(f, clean, eps_init, step, eps_max, ite_max):
@@ -127,11 +177,12 @@ def test_adaptive_eps_follows_the_code(ite_max):
 def test_adaptive_generation_changes_label(setup):
     clf, c_vars, gen, g_vars, svm_p, z_src = setup
     s = GenerationSettings(variant="ladder", eps_values=(-1.0,), use_exp=True, target_range="unit",
-                           eps_init=0.5, eps_step=0.5, eps_max=50.0, ite_max_eps=200)
+                           eps_init=0.5, eps_step=0.5, eps_max=50.0, ite_max_eps=200,
+                           eps_unit="raw")
     fn = generate.make_chunk_fn(gen, clf, s)
     z = jnp.asarray(z_src[:4])
     clean = clf.predict_logits(clf.logits(c_vars, nn.sigmoid(jnp.zeros((4, 4, 4, 1)))))
-    out = fn(g_vars, c_vars, svm_p, z, jnp.arange(4), clean, jax.random.key(0))
+    out = fn(g_vars, c_vars, svm_p, 1.0, z, jnp.arange(4), clean, jax.random.key(0))
     assert out["eps"].shape == (1, 4) and (np.asarray(out["eps"]) >= 0.5).all()
 
 

@@ -84,3 +84,5 @@ def test_svhn_classifier_latents_svm_stages_on_mock_data(tmp_path):
     w = np.load(tmp_path / "svm" / "w.npy")
     assert w.shape == (90, 256) and np.isfinite(w).all()
     assert (tmp_path / "models" / "vanilla" / "checkpoints").is_dir()
+    # The substitute of the black-box protocol: the same recipe (its own 30 % subset).
+    assert (tmp_path / "models" / "substitute" / "checkpoints").is_dir()

@@ -184,3 +184,67 @@ def test_stages_do_not_import_each_other():
                 imported.update(a.name for a in node.names)
         assert not {i for i in imported if i.startswith("ladder_jax.stages")}, name
         assert module.STAGE == name
+
+
+def _pipeline_graph(tmp_path, name, **changes):
+    """The real pipeline's unit graph for the MNIST config with dotted ``changes``."""
+    from configs.ladder import mnist
+    from ladder_jax.context import make_context
+
+    config = mnist.get_config("")
+    for path, value in changes.items():
+        node = config
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return runner.build_graph(make_context(config, str(tmp_path / name)))
+
+
+def _downstream(graph, roots):
+    """``roots`` and every unit that reads one of them, transitively."""
+    out = set(roots)
+    for name, unit in graph.units.items():  # pipeline order: inputs come first
+        if out & set(unit.inputs):
+            out.add(name)
+    return out
+
+
+@pytest.mark.parametrize("path,value,roots", [
+    ("svm.latent_scaling", "pixels255", {"svm"}),
+    ("svm.fit_norm", 3e4, {"svm"}),
+    ("svm.allow_untrained_normals", True, {"svm"}),
+    ("svm.check_eps", (0.1, 0.5), {"svm"}),
+    ("svm.flip_target", 0.7, {"svm"}),
+    ("generate.eps_unit", "raw", {"svm", "generate/ladder", "generate/cavRandom",
+                                  "generate/random", "generate/sweep", "testset/ladder"}),
+    ("evaluate.substitute_model.name", "small_cnn", {"substitute"}),
+    ("classifier.epochs", 3, {"classifier", "substitute"}),  # one recipe for both
+])
+def test_fingerprints_react_to_the_new_fields(tmp_path, path, value, roots):
+    base = _pipeline_graph(tmp_path, "base")
+    changed = _pipeline_graph(tmp_path, "changed", **{path: value})
+    assert set(base.units) == set(changed.units)
+    differ = {n for n in base.units if base.fingerprint(n) != changed.fingerprint(n)}
+    assert differ == _downstream(base, roots)
+
+
+def test_attack_source_decides_which_model_the_test_sets_read(tmp_path):
+    base = _pipeline_graph(tmp_path, "base")
+    vanilla = _pipeline_graph(tmp_path, "vanilla", **{"evaluate.attack_source": "vanilla"})
+    assert "substitute" in base.units and "substitute" not in vanilla.units
+    for key in ("fgsm", "jsma", "pgd", "cw", "aa"):
+        assert base.units[f"testset/{key}"].inputs == ("substitute",)
+        assert vanilla.units[f"testset/{key}"].inputs == ("classifier",)
+    # The "X Adv." training sets and the LADDER test set stay on the vanilla model.
+    for name in ("trainset/fgsm", "testset/ladder"):
+        assert "substitute" not in base.units[name].inputs
+    differ = {n for n in vanilla.units if base.fingerprint(n) != vanilla.fingerprint(n)}
+    assert differ == _downstream(base, {f"testset/{k}" for k in ("fgsm", "jsma", "pgd", "cw",
+                                                                 "aa")})
+    # The substitute is the vanilla recipe under its own random streams.
+    from ladder_jax.stages.classifier import ROW_STREAMS
+
+    assert set(ROW_STREAMS["vanilla"]).isdisjoint(ROW_STREAMS["substitute"])
+    assert base.units["substitute"].settings["classifier"] == \
+        base.units["classifier"].settings["classifier"]

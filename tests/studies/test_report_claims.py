@@ -122,3 +122,41 @@ def test_ladder_variants_ablation_is_judged_per_eps():
 
     assert verdict(summary(45.0)) == "holds"  # LADDER first in all three columns
     assert verdict(summary(5.0)) == "does not hold"  # JSMA last: ranks 1, 1, 4 = 2.0 > 1.67
+
+
+def test_ladder_previous_defaults_are_labelled_and_compared(tmp_path):
+    """Tables of the former defaults get their own heading and a side-by-side with the
+    current defaults; each Table 2 says which model crafted its sets."""
+    import json
+
+    def table(ladder, source=None):
+        t = {"title": "t", "rows": {"LADDER": {"Clean": ladder, "FGSM": 10.0, "PGD": 1.0},
+                                    "Vanilla": {"Clean": 99.0, "FGSM": 8.0, "PGD": 0.5}},
+             "avg_rank": {"LADDER": 1.5, "cavRandom": 2.0, "Random": 2.5}}
+        return dict(t, attack_source=source) if source else t
+
+    old = {"dataset": "mnist", "scale": "cpu_previous_defaults", "commands": [],
+           "svm": {"mean_init_cos": 0.958}, "table": table(99.15)}
+    new = {"dataset": "mnist", "scale": "cpu", "commands": [], "table": table(98.5, "substitute"),
+           "protocol": {"eps_unit": "latent_norm", "finetune_eps": 0.3,
+                        "finetune_eps_calibrated": True, "attack_source": "substitute"},
+           "svm_check": {"latent_scaling": "standardize", "mean_init_cos": 0.214,
+                         "mean_normal_gap_cos": 0.69,
+                         "calibration": {"eps": 0.3, "eps_unit": "latent_norm", "reached": True,
+                                         "ladder_flip": 0.55, "random_flip": 0.01}}}
+    for scale, summary in (("cpu_previous_defaults", old), ("cpu", new)):
+        d = tmp_path / "mnist" / scale
+        d.mkdir(parents=True)
+        (d / "ladder_summary.json").write_text(json.dumps(summary))
+        (d / "ladder_table.md").write_text("## title\n\n| model | Clean |\n|---|---|\n")
+    text = report.build_report(str(tmp_path))
+    assert "### LADDER study — mnist, scale `cpu_previous_defaults` (previous defaults)" in text
+    assert "the former `cpu` scale" in text
+    assert "### LADDER, mnist: previous defaults (`cpu_previous_defaults`) vs current " \
+           "defaults (`cpu`)" in text
+    assert "| mean cos(w, w_init) | 0.958 | 0.214 |" in text
+    assert "| fine-tuning ε | 0.5 (raw) | 0.30 (latent_norm, calibrated) |" in text
+    assert "| LADDER: Clean / FGSM / PGD | 99.15 / 10.00 / 1.00 | 98.50 / 10.00 / 1.00 |" in text
+    assert "crafted once on an independently trained substitute" in text
+    assert "crafted once on the vanilla model: white box for Vanilla" in text
+    assert "calibrated ε (latent_norm)" in text and "0.3: 55.0 % / 1.0 %" in text

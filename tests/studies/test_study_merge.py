@@ -201,3 +201,18 @@ def test_lbgat_same_command_but_another_model_is_not_merged(tmp_path):
     summary = lbgat_study.write_results("mnist", "cpu", runs, results, tsne_n=0, cpu=True)
     assert {c: r["accuracy"] for c, r in summary["runs"]["natural"]["eval"].items()} == \
         {"Clean": 97.6, "PGD-40": 2.5}
+
+
+def test_ladder_report_ignores_eps_workdirs_of_other_svms(tmp_path):
+    """A runs cache may keep ε workdirs of an earlier protocol: only those on the main
+    run's current SVMs join the Fig. 9 table."""
+    root = tmp_path / "runs"
+    svm = {"fingerprint": "f-new", "output": "o-new", "info": {}}
+    _write(str(root / "ladder" / "markers" / "svm.json"), svm)
+    row = {"Clean": 99.0, "FGSM": 10.0, "PGD": 1.0}
+    for name, marker in (("eps0.3", svm), ("eps5", {"fingerprint": "f-old", "output": "o-old"})):
+        _write(str(root / "eps" / name / "markers" / "svm.json"), marker)
+        _write(str(root / "eps" / name / "evaluate" / "table.json"),
+               {"rows": {"LADDER": row, "Vanilla": row}})
+    summary = ladder_study.write_results("mnist", "cpu", str(root), str(tmp_path / "results"))
+    assert list(summary["fig9"]["rows"]) == ["ε=0.3"]

@@ -7,10 +7,12 @@ import pytest
 from experiments import ladder_study
 
 
-@pytest.mark.parametrize("scale", ("cpu", "cpu_svm255"))
+@pytest.mark.parametrize("scale", ("cpu", "cpu_svm255", "cpu_previous_defaults",
+                                   "cpu_svm255_previous_defaults"))
 @pytest.mark.parametrize("dataset", ladder_study.DATASETS)
 def test_ladder_cpu_overrides_name_existing_config_fields(dataset, scale):
-    config = importlib.import_module(f"configs.ladder.{dataset}").get_config("")
+    config = importlib.import_module(f"configs.ladder.{dataset}").get_config(
+        ladder_study.SCALE_TOKENS.get(scale, ""))
     for key, value in ladder_study.scale_overrides(scale).items():
         node = config
         for part in key.split("."):
@@ -75,28 +77,65 @@ def test_lbgat_cpu60k_scale_is_the_config_recipe_on_the_whole_split(dataset):
     assert "dataset.train_limit" not in overrides and "optim.lr" not in overrides
 
 
-def test_ladder_svm255_scale_is_cpu_with_the_authors_svm_inputs(tmp_path):
+def _flat(config):
+    from advcore.config_schema import flatten
+
+    return flatten(config, ("model.kwargs", "attacks.fgsm.overrides", "attacks.pgd.overrides",
+                            "attacks.cw.overrides", "attacks.jsma.overrides",
+                            "attacks.aa.overrides", "evaluate.substitute_model.kwargs"))
+
+
+@pytest.mark.parametrize("scale,changed", [
+    ("cpu_svm255", {"svm.latent_scaling": "pixels255"}),
+    # The former defaults: the committed tables of the former cpu / cpu_svm255 scales.
+    ("cpu_previous_defaults", {
+        "svm.latent_scaling": "none", "svm.allow_untrained_normals": True,
+        "generate.eps_unit": "raw", "generate.eps_list": (0.5,), "finetune.eps": 0.5,
+        "svm.check_eps": (0.5, 2.0, 5.0, 10.0, 20.0, 30.0), "evaluate.attack_source": "vanilla"}),
+    ("cpu_svm255_previous_defaults", {
+        "svm.latent_scaling": "pixels255", "svm.allow_untrained_normals": True,
+        "generate.eps_unit": "raw", "generate.eps_list": (0.5,), "finetune.eps": 0.5,
+        "evaluate.attack_source": "vanilla"}),
+])
+def test_ladder_linked_scales_are_cpu_with_their_svm_and_eps_settings(tmp_path, scale, changed):
     from ladder_jax.context import make_context
     from ladder_jax.runner import build_graph
 
-    cpu = ladder_study.scale_overrides("cpu")
-    svm255 = ladder_study.scale_overrides("cpu_svm255")
-    assert svm255.pop("svm.legacy_pixel_scale") is True
-    assert svm255 == cpu
+    assert ladder_study.scale_overrides(scale) == ladder_study.scale_overrides("cpu")
+    assert ladder_study.UPSTREAM_SCALE[scale] == "cpu"
+    cpu, other = (_flat(ladder_study._load_config("mnist", s)) for s in ("cpu", scale))
+    differ = {k: other[k] for k in cpu if cpu[k] != other[k]}
+    for key, value in changed.items():
+        assert differ.pop(key) == value, key
+    # What is left is the raw ε unit's own settings (check grid, sweep, search).
+    assert set(differ) <= {"svm.check_eps", "generate.sweep_eps", "generate.eps_init",
+                           "generate.eps_step", "generate.eps_max"}, differ
     # The stages it links from `cpu` keep their fingerprints (so the copied
     # markers are valid); the SVMs and every unit that reads them change.
     graphs = {s: build_graph(make_context(ladder_study._load_config("mnist", s),
                                           str(tmp_path / s)))
-              for s in ("cpu", "cpu_svm255")}
-    cpu_graph, svm_graph = graphs["cpu"], graphs["cpu_svm255"]
+              for s in ("cpu", scale)}
+    cpu_graph, other_graph = graphs["cpu"], graphs[scale]
     for stage in ladder_study.UPSTREAM_STAGES:
-        for unit in cpu_graph.of_stage(stage):
-            assert cpu_graph.fingerprint(unit.name) == svm_graph.fingerprint(unit.name)
+        for unit in other_graph.of_stage(stage):
+            assert cpu_graph.fingerprint(unit.name) == other_graph.fingerprint(unit.name)
     reads_svm = {"svm"}
     for name, unit in cpu_graph.units.items():
         if reads_svm & set(unit.inputs):
             reads_svm.add(name)
-    for stage in ("svm", "generate", "finetune", "evaluate"):
-        for unit in cpu_graph.of_stage(stage):
-            changed = cpu_graph.fingerprint(unit.name) != svm_graph.fingerprint(unit.name)
-            assert changed == (unit.name in reads_svm), unit.name
+    for name in reads_svm & set(other_graph.units):
+        assert cpu_graph.fingerprint(name) != other_graph.fingerprint(name), name
+    if scale == "cpu_svm255":  # same ε unit and attack source: only the SVMs' readers change
+        for name in cpu_graph.units:
+            changed_fp = cpu_graph.fingerprint(name) != other_graph.fingerprint(name)
+            assert changed_fp == (name in reads_svm), name
+
+
+def test_ladder_stage_command_spells_the_scale_tokens():
+    cmd = ladder_study.stage_command("mnist", "cpu_previous_defaults", "svm", "/tmp/w",
+                                     ladder_study.scale_overrides("cpu_previous_defaults"))
+    assert "--config=configs/ladder/mnist.py:previous_defaults" in cmd
+    cmd = ladder_study.stage_command("mnist", "cpu", "svm", "/tmp/w", {})
+    assert "--config=configs/ladder/mnist.py" in cmd
+    assert ladder_study.fig9_eps("cpu")[-1] == 1.0  # latent-norm units
+    assert ladder_study.fig9_eps("cpu_previous_defaults") == ladder_study.FIG9_EPS  # raw
