@@ -76,7 +76,7 @@ DEFAULT_RUNS = os.path.join(REPO, "experiments", "runs")
 DEFAULT_RESULTS = os.path.join(REPO, "experiments", "results")
 SCALES = ("smoke", "cpu", "cpu_svm255", "cpu_previous_defaults",
           "cpu_svm255_previous_defaults", "full")
-# The config variant tokens of a scale (configs/ladder/common.py).
+# The config variant tokens of a scale (ladder_jax/config_presets.py).
 SCALE_TOKENS = {"smoke": "smoke", "cpu_svm255": "svm255",
                 "cpu_previous_defaults": "previous_defaults",
                 "cpu_svm255_previous_defaults": "previous_defaults,svm255"}

@@ -11,7 +11,7 @@ tfds-only (``celeb_a``, attribute 'Smiling'). Variants: ``common.py``
 (``legacy`` fits the SVMs on [0, 1]-image latents, the authors' CelebA code).
 """
 
-from configs.ladder import common
+from ladder_jax import config_presets as common
 
 
 def get_config(arg=None):

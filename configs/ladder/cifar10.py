@@ -10,7 +10,7 @@ epochs; TRADES+LADDER with β = 6 and the CIFAR attack (ε 0.031, step 0.007,
 the SVMs on [0, 1]-image latents, the authors' CIFAR-10 code).
 """
 
-from configs.ladder import common
+from ladder_jax import config_presets as common
 
 
 def get_config(arg=None):

@@ -5,7 +5,7 @@ differ. Variants: ``smoke``, ``paper_eps``, ``adaptive``, ``legacy`` (x·255 SVM
 inputs, the MNIST code's), ``svm255``, ``previous_defaults`` (``common.py``).
 """
 
-from configs.ladder import common
+from ladder_jax import config_presets as common
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ script's raw ε), ``adaptive``, ``legacy``, ``svm255`` (only the SVM inputs:
 latents of x·255, as the authors' MNIST code), ``previous_defaults``.
 """
 
-from configs.ladder import common
+from ladder_jax import config_presets as common
 
 
 def get_config(arg=None):

@@ -9,7 +9,7 @@ Variants: ``common.py`` (``legacy`` fits the SVMs on latents of x·255, the
 authors' SVHN code).
 """
 
-from configs.ladder import common
+from ladder_jax import config_presets as common
 
 
 def get_config(arg=None):

@@ -88,6 +88,12 @@ def test_smoke_training_through_the_console_script(venv, tmp_path):
                  f"--workdir={workdir}", "--config.final_eval=False"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (workdir / "checkpoints").is_dir() and (workdir / "metrics.jsonl").is_file()
+    # LADDER's configs resolve from the installed data files too: a stage run
+    # alone on an empty workdir refuses its missing input in one line.
+    proc = _run([str(venv / "bin" / "ladder-run"), "--config=ladder/mnist.py:smoke",
+                 "--stage=svm", f"--workdir={tmp_path / 'ladder'}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "needs" in proc.stderr and "latents" in proc.stderr
     # A bad config name is one line, not a traceback.
     proc = _run([str(venv / "bin" / "lbgat-train"), "--config=lbgat/mnits.py",
                  f"--workdir={workdir}"], cwd=tmp_path)
