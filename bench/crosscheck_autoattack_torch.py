@@ -1,7 +1,7 @@
 """Cross-check: the JAX AutoAttack against the PyTorch reference, long form.
 
 The long form of ``tests/attacks/test_aa_reference.py`` (same comparisons,
-same code: ``advcore.attacks.reference_compare``), on the benchmark's
+same code: ``bench.reference_compare``), on the benchmark's
 briefly adversarially trained MNIST SmallCNN with the reference's full
 budgets, every norm and more points. Needs ``torch`` and the reference
 (``pyautoattack``, the PyPI packaging of fra31/auto-attack, or ``autoattack``
@@ -28,7 +28,7 @@ PyTorch's C,H,W order). Per norm (``--checks``):
   wall times of both.
 
 Every record is one JSON line (and, with ``--out``, a JSON file): flag
-agreement counts (``advcore.attacks.reference_compare.flag_agreement``),
+agreement counts (``bench.reference_compare.flag_agreement``),
 robust accuracies and timings. ``--attacks`` keeps the older reference-only
 timing runs (each reference attack alone on the clean points, and/or
 ``standard``); ``--single_run_out`` saves the reference's L-inf single runs for
@@ -256,7 +256,7 @@ def main(argv=None) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from advcore.attacks import reference_compare as rc
+    from bench import reference_compare as rc
 
     missing = rc.reference_missing()
     if missing:

@@ -142,6 +142,6 @@ def trained_cnn_params(steps: int = 300, seed: int = 0):
     return train(params)
 
 
-# ``TinyCNN`` for ``advcore.attacks.reference_compare.flax_layers``.
+# ``TinyCNN`` for ``bench.reference_compare.flax_layers``.
 CNN_SPEC = (("conv", "conv1", 1), ("relu",), ("conv", "conv2", 2), ("relu",),
             ("flatten", "nhwc"), ("dense", "fc"))

@@ -14,7 +14,7 @@ allows it:
 Budgets are the reference's (100 iterations, 9 targets) except Square's
 query counts. The long form (the MNIST SmallCNN, every attack on more points)
 is ``bench/crosscheck_autoattack_torch.py``; both use
-``advcore.attacks.reference_compare``.
+``bench.reference_compare``.
 """
 
 import jax
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advcore.attacks import reference_compare as rc
+from bench import reference_compare as rc
 
 _MISSING = rc.reference_missing()
 if _MISSING:

@@ -2,7 +2,8 @@
 
 The reference is ``fra31/auto-attack``, imported as ``pyautoattack`` (its PyPI
 packaging) or ``autoattack`` (the GitHub package). Neither it nor ``torch``
-is a dependency of this library: everything here imports them lazily, and
+is a dependency of the library (this module is test and benchmark tooling,
+not part of the installed package): everything here imports them lazily, and
 :func:`reference_missing` says why a comparison cannot run.
 
 One module serves both the CI test (``tests/attacks/test_aa_reference.py``,
