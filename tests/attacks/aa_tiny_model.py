@@ -48,12 +48,9 @@ def make_data(seed: int, n: int, noise: float = 0.06):
     return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
-def trained_params(steps: int = 300, seed: int = 0):
-    """Parameters of ``TinyMLP`` after ``steps`` Adam steps (batch 128)."""
-    model = TinyMLP()
-    params = model.init(jax.random.key(seed), jnp.zeros((1,) + SHAPE))
-    x, y = (jnp.asarray(a) for a in make_data(100 + seed, 2048))
+def _adam_train(model, params, x, y, steps: int):
+    """``steps`` Adam steps (lr 3e-3, batch 128, cycling through ``x``) in one scan."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
     tx = optax.adam(3e-3)
 
     def loss(p, xb, yb):
@@ -72,6 +69,29 @@ def trained_params(steps: int = 300, seed: int = 0):
         return p
 
     return train(params)
+
+
+@functools.lru_cache(maxsize=None)
+def trained_params(steps: int = 300, seed: int = 0):
+    """Parameters of ``TinyMLP`` after ``steps`` Adam steps (batch 128)."""
+    model = TinyMLP()
+    params = model.init(jax.random.key(seed), jnp.zeros((1,) + SHAPE))
+    return _adam_train(model, params, *make_data(100 + seed, 2048), steps)
+
+
+def apply(params, x):
+    """The tiny MLP's logits."""
+    return TinyMLP().apply(params, x)
+
+
+def jnp_data(seed: int, n: int):
+    """``make_data`` as device arrays."""
+    x, y = make_data(seed, n)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+# Backend optimisation off: compile time dominates these tiny runs on XLA:CPU.
+FAST = {"xla_backend_optimization_level": 0}
 
 
 def logits_fn():
@@ -121,25 +141,7 @@ def trained_cnn_params(steps: int = 300, seed: int = 0):
     """Parameters of ``TinyCNN`` after ``steps`` Adam steps (batch 128)."""
     model = TinyCNN()
     params = model.init(jax.random.key(seed), jnp.zeros((1,) + CNN_SHAPE))
-    x, y = (jnp.asarray(a) for a in make_cnn_data(200 + seed, 4096))
-    tx = optax.adam(3e-3)
-
-    def loss(p, xb, yb):
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
-
-    @jax.jit
-    def train(p):
-        def step(carry, i):
-            p, s = carry
-            idx = (jnp.arange(128) + 128 * i) % x.shape[0]
-            g = jax.grad(loss)(p, x[idx], y[idx])
-            upd, s = tx.update(g, s, p)
-            return (optax.apply_updates(p, upd), s), None
-
-        (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps))
-        return p
-
-    return train(params)
+    return _adam_train(model, params, *make_cnn_data(200 + seed, 4096), steps)
 
 
 # ``TinyCNN`` for ``bench.reference_compare.flax_layers``.

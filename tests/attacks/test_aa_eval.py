@@ -20,13 +20,7 @@ BUDGET = dict(num_iters=5, n_queries=40, n_target_classes=3)
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def apply_fn(variables, x):
-    return tiny.TinyMLP().apply(variables, x)
-
-
-@pytest.fixture(scope="module")
-def params():
-    return tiny.trained_params()
+apply_fn = tiny.apply
 
 
 @pytest.fixture(scope="module")

@@ -25,24 +25,17 @@ from advcore.attacks.norms import flat_norm, l1_box_projection
 from advcore.attacks.square import square
 from advcore.attacks.square_lp import eta_pattern, init_tiles, lp_side_table
 
-FAST = {"xla_backend_optimization_level": 0}
+FAST = tiny.FAST
 # Budgets at which the tiny MLP is partly robust (about half the points).
 EPS = {"l2": 0.25, "l1": 1.5}
 
 
 @pytest.fixture(scope="module")
-def params():
-    return tiny.trained_params()
-
-
-@pytest.fixture(scope="module")
 def data():
-    x, y = tiny.make_data(7, 48)
-    return jnp.asarray(x), jnp.asarray(y)
+    return tiny.jnp_data(7, 48)
 
 
-def _apply(params, x):
-    return tiny.TinyMLP().apply(params, x)
+_apply = tiny.apply
 
 
 def _jit(attack, **kw):

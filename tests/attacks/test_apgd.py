@@ -12,23 +12,15 @@ from advcore.attacks.apgd import _checkpoint_tables, _loss_fn, apgd, apgd_checkp
 from advcore.attacks.pgd import pgd
 
 EPS = tiny.EPS
-# Backend optimisation off: compile time dominates these tiny runs on XLA:CPU.
-FAST = {"xla_backend_optimization_level": 0}
-
-
-@pytest.fixture(scope="module")
-def params():
-    return tiny.trained_params()
+FAST = tiny.FAST
 
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = tiny.make_data(7, 64)
-    return jnp.asarray(x), jnp.asarray(y)
+    return tiny.jnp_data(7, 64)
 
 
-def _apply(params, x):
-    return tiny.TinyMLP().apply(params, x)
+_apply = tiny.apply
 
 
 def _jit(attack, **kw):

@@ -13,24 +13,17 @@ from advcore.attacks.checks import check_square_sr, run_sanity_checks
 from advcore.attacks.pgd import fgsm, pgd
 
 EPS = tiny.EPS
-FAST = {"xla_backend_optimization_level": 0}
+FAST = tiny.FAST
 # Small budgets keep the test quick; the cascade logic is budget-independent.
 AA_KW = dict(eps=EPS, num_iters=10, n_queries=100, n_target_classes=3)
 
 
 @pytest.fixture(scope="module")
-def params():
-    return tiny.trained_params()
-
-
-@pytest.fixture(scope="module")
 def data():
-    x, y = tiny.make_data(11, 96)
-    return jnp.asarray(x), jnp.asarray(y)
+    return tiny.jnp_data(11, 96)
 
 
-def _apply(params, x):
-    return tiny.TinyMLP().apply(params, x)
+_apply = tiny.apply
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,15 @@ from advcore.attacks.pgd import pgd
 from advcore.attacks.square import _side_table, square, square_p_schedule
 
 EPS = tiny.EPS
-FAST = {"xla_backend_optimization_level": 0}
-
-
-@pytest.fixture(scope="module")
-def params():
-    return tiny.trained_params()
+FAST = tiny.FAST
 
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = tiny.make_data(7, 64)
-    return jnp.asarray(x), jnp.asarray(y)
+    return tiny.jnp_data(7, 64)
 
 
-def _apply(params, x):
-    return tiny.TinyMLP().apply(params, x)
+_apply = tiny.apply
 
 
 def _masked_apply(params, x):
