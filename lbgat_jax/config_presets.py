@@ -67,8 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.attack.random_start = "normal"  # x + init_std·N(0, I), as the official code
     c.attack.init_std = 0.001
     c.attack.bn_mode = "eval"  # robust model in eval mode during the attack
-    # fori_loop unroll factor. 1 on every backend: with advcore.models.conv_ops'
-    # canonical input-gradient convolutions (the CPU default) the rolled loop
+    # fori_loop unroll factor. 1 on every backend: with advcore.backend's
+    # canonical input-gradient convolutions (the CPU rewrite) the rolled loop
     # runs as fast as the unrolled one and compiles faster (bench/README.md).
     c.attack.unroll = 1
 

@@ -50,7 +50,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -162,17 +161,11 @@ def _short(value: Any) -> str:
 # --------------------------------------------------------------------------
 
 
-def _as_float_images(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=64)
 def _eval_fn(apply_fn: LogitsApply, stage: Optional[str], config: AutoAttackConfig, eps: float,
              unroll: int, mesh: Mesh):
     """``advcore.batching.make_eval_fn``'s jitted eval function for the clean pass
-    (``stage=None``) or one stage; cached so that repeated and resumed runs
-    reuse the compiled programs."""
+    (``stage=None``) or one stage (built once per stage of a run; JAX's
+    persistent compilation cache serves a later run in another process)."""
     attack = None if stage is None else _stage_attack(stage, config, eps, unroll)
     return batching.make_eval_fn(apply_fn, attack, mesh)
 
@@ -200,9 +193,8 @@ def _run_batches(fn, variables, images, labels, rows: np.ndarray, batch_size: in
     n_batches = math.ceil(len(rows) / batch_size)
     for b in range(first_batch, n_batches):
         idx = rows[b * batch_size:(b + 1) * batch_size]
-        pad = batch_size - len(idx)
-        take = np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
-        x = _as_float_images(images[take])
+        take = batching.pad_rows(idx, batch_size)
+        x = batching.as_float_images(images[take])
         y = np.asarray(labels[take]).astype(np.int32)
         xs, ys = parallel.shard_host_batch((x, y), mesh)
         ok = parallel.fetch_to_host(fn(variables, xs, ys, key_of_batch(b)))[:len(idx)]
