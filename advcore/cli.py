@@ -216,4 +216,17 @@ def run(main: Callable[[list[str]], None]) -> None:
     except FileNotFoundError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
+    _show_flags_in_help(main.__module__)
     app.run(report_errors(main))
+
+
+def _show_flags_in_help(module_name: str) -> None:
+    """Make ``--help`` list the flags of ``module_name`` and the shared ones.
+
+    absl's ``--help`` lists the key flags of the module named by ``sys.argv[0]``:
+    for a console script that is pip's wrapper, which defines none.
+    """
+    by_module = FLAGS.flags_by_module_dict()
+    for name in (module_name, __name__):
+        for flag in by_module.get(name, ()):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)

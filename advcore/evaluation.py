@@ -33,7 +33,7 @@ from advcore import checkpoint as ckpt_lib
 from advcore import files, parallel, run_spec, tables
 from advcore.attacks import check_input_range, make_attack
 from advcore.attacks.autoattack_eval import run_autoattack
-from advcore.batching import is_shard_local, make_eval_fn, map_batches  # noqa: F401
+from advcore.batching import make_eval_fn, map_batches
 from advcore.data import load_split
 from advcore.version import __version__
 

@@ -150,6 +150,13 @@ def _hyperplanes(seed, ties=False):
     return t, w, b
 
 
+def _assert_nearest_box_corner(t, w, b, d):
+    """An unreachable hyperplane: the step goes to the box corner closest to it."""
+    side = np.sign(w @ t - b)
+    corner = np.where(side * w > 0, 0.0, 1.0)
+    np.testing.assert_allclose((t + d)[w != 0], corner[w != 0], atol=1e-6)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_fab_l2_projection_is_the_minimal_l2_step(ties):
     t, w, b = _hyperplanes(1, ties)
@@ -159,10 +166,7 @@ def test_fab_l2_projection_is_the_minimal_l2_step(ties):
     for i in range(len(t)):
         opt = _min_l2_step(t[i], w[i], b[i] - w[i] @ t[i])
         if opt is None:
-            # Unreachable: the box corner that gets closest to the hyperplane.
-            side = np.sign(w[i] @ t[i] - b[i])
-            corner = np.where(side * w[i] > 0, 0.0, 1.0)
-            np.testing.assert_allclose((t[i] + d[i])[w[i] != 0], corner[w[i] != 0], atol=1e-6)
+            _assert_nearest_box_corner(t[i], w[i], b[i], d[i])
             continue
         n_feasible += 1
         np.testing.assert_allclose(d[i], opt, atol=2e-5, err_msg=str(i))
@@ -179,9 +183,7 @@ def test_fab_l1_projection_is_the_minimal_l1_step(ties):
     for i in range(len(t)):
         opt = _min_l1_norm(t[i], w[i], b[i] - w[i] @ t[i])
         if opt is None:
-            side = np.sign(w[i] @ t[i] - b[i])
-            corner = np.where(side * w[i] > 0, 0.0, 1.0)
-            np.testing.assert_allclose((t[i] + d[i])[w[i] != 0], corner[w[i] != 0], atol=1e-6)
+            _assert_nearest_box_corner(t[i], w[i], b[i], d[i])
             continue
         n_feasible += 1
         assert abs(w[i] @ (t[i] + d[i]) - b[i]) < 1e-4, i

@@ -1,6 +1,5 @@
 """Avg. Rank against the LADDER paper's printed values; the PyTorch-style SGD and LR schedule."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -99,3 +99,14 @@ def test_smoke_training_through_the_console_script(venv, tmp_path):
                  f"--workdir={workdir}"], cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "valid names:" in proc.stderr and "lbgat/mnist.py" in proc.stderr
+
+
+@pytest.mark.parametrize("script,own_flag", [
+    ("lbgat-train", "--config"), ("ladder-run", "--stage"),
+    ("advcore-evaluate", "--attacks"), ("advcore-collect", "--workdir")])
+def test_console_script_help_lists_its_flags(venv, tmp_path, script, own_flag):
+    # absl's --help lists the main module's flags; a console script's main
+    # module is pip's wrapper, so the library adopts them (advcore.cli.run).
+    proc = _run([str(venv / "bin" / script), "--help"], cwd=tmp_path)
+    assert own_flag + ":" in proc.stdout, proc.stdout[-2000:]
+    assert "--debug:" in proc.stdout and "--cpu_devices:" in proc.stdout

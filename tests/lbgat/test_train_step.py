@@ -1,9 +1,6 @@
 """The jitted data-parallel LBGAT step: device-count invariance, routing, resume, NaN."""
 
-import os
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
