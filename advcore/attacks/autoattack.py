@@ -469,6 +469,9 @@ def make_autoattack(name: str, **overrides: Any) -> Callable[..., jax.Array]:
     # The registry's Attack interface: stored attack sets record these.
     run.name = key_name
     run.params = dict(kwargs)
+    # Targeted stages pick their targets from the clean logits, never from
+    # the key, so there are no random targets to store with an attack set.
+    run.draws_random_targets = False
     # Data-dependent cost (compaction, early exits): advcore.evaluate runs it
     # per device shard instead of as one partitioned program.
     run.shard_local = True

@@ -209,6 +209,7 @@ def test_autoattack_names_delegate(name):
     built = attacks.make_attack(name, eps=0.1, num_steps=3)
     assert built.name == name
     assert built.params == make_autoattack(name, eps=0.1, num_steps=3).params
+    assert built.draws_random_targets is False  # the Attack interface, as every preset
     with pytest.raises(ValueError, match=r"eps must be in \[0, 1\] for norm 'linf'"):
         attacks.make_attack(name, eps=8)
 

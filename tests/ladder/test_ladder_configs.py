@@ -164,3 +164,19 @@ def test_cli_config_flags_override_and_lock(monkeypatch):
     config_flags.DEFINE_config_file("config", None, "", flag_values=fv2, lock_config=True)
     with pytest.raises(Exception, match="nonexistent"):
         fv2(argv)
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_evaluation_attack_builds_its_attack_program(name):
+    # The evaluate stage crafts each `evaluate.attacks` key through
+    # attack_sets.make_attack_program; building must work for every key of
+    # the default config (AutoAttack included), not just the smoke ones.
+    from ladder_jax import attack_sets
+
+    c = importlib.import_module(f"configs.ladder.{name}").get_config()
+    assert "aa" in c.evaluate.attacks
+    for key in c.evaluate.attacks:
+        attack, run = attack_sets.make_attack_program(
+            None, c.attacks[key].name, attack_sets.overrides_of(c.attacks[key]), 10)
+        assert attack.draws_random_targets == (key in ("cw", "jsma")), key
+        assert callable(run)
