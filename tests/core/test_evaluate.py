@@ -12,6 +12,7 @@ import pytest
 
 from advcore import evaluation as evaluate
 from advcore import parallel
+from advcore.batching import is_shard_local
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,8 +59,8 @@ def test_shard_local_attacks_run_per_device_shard_with_a_folded_key():
         return jax.random.uniform(key, xb.shape)
 
     noisy.shard_local = True
-    assert evaluate.is_shard_local(noisy)
-    assert evaluate.is_shard_local(make_autoattack("aa_standard", eps=0.1))
+    assert is_shard_local(noisy)
+    assert is_shard_local(make_autoattack("aa_standard", eps=0.1))
     mesh = parallel.make_mesh()
     assert mesh.devices.size == num_devices
     key = jax.random.PRNGKey(3)

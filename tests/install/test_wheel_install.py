@@ -109,4 +109,4 @@ def test_console_script_help_lists_its_flags(venv, tmp_path, script, own_flag):
     # module is pip's wrapper, so the library adopts them (advcore.cli.run).
     proc = _run([str(venv / "bin" / script), "--help"], cwd=tmp_path)
     assert own_flag + ":" in proc.stdout, proc.stdout[-2000:]
-    assert "--debug:" in proc.stdout and "--cpu_devices:" in proc.stdout
+    assert "--[no]debug:" in proc.stdout and "--cpu_devices:" in proc.stdout
