@@ -70,14 +70,19 @@ def model_spec(config, num_classes: int, name: Optional[str] = None,
 def make_run_spec(config, spec: Mapping[str, Any], row: str) -> dict:
     """The run spec of ``models/<row>``: its model and LADDER's L-inf threat model."""
     keys = [k for k in config.evaluate.attacks if k in LINF_ATTACK_KEYS] or ["fgsm", "pgd"]
-    eps = float(dict(config.attacks.pgd.overrides).get("eps", 0.3))
+    pgd = dict(config.attacks.pgd.overrides)
+    eps = float(pgd.get("eps", 0.3))
+    # LADDER's PGD step (0.05 at eps 0.3), not the pgd10 preset's own rule;
+    # FGSM and AutoAttack have no step size, so it is PGD's alone.
+    step = pgd.get("step_size")
     return run_spec.run_spec(
         method=f"ladder/{row}",
         dataset={"name": config.dataset.name, "source": config.dataset.source,
                  "data_dir": config.dataset.data_dir, "test_split": "test"},
         models={STATE_KEY: dict(spec)}, default_model=STATE_KEY,
         threat_model={"norm": "linf", "eps": eps,
-                      "attacks": [config.attacks[k].name for k in keys], "step_size": None})
+                      "attacks": [config.attacks[k].name for k in keys],
+                      "step_size": None if step is None else float(step)})
 
 
 class Classifier:

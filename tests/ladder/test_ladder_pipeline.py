@@ -122,6 +122,7 @@ def test_checkpoints_are_evaluable(run_dir):
         assert spec["models"]["model"]["state_key"] == "model"
         assert spec["dataset"]["name"] == "mnist" and spec["method"] == f"ladder/{row}"
         assert spec["threat_model"]["norm"] == "linf" and spec["threat_model"]["eps"] == 0.3
+        assert spec["threat_model"]["step_size"] == 0.05  # LADDER's PGD step, not pgd10's rule
         logits = apply_fn(variables, np.zeros((2, 28, 28, 1), np.float32))
         assert logits.shape == (2, 10)
 
