@@ -77,7 +77,15 @@ class _ClosedLoopFilter:
     ``sys.stderr``, around the one line that states the real error. This
     stream holds back a traceback until its last line and drops it when that
     line is ``RuntimeError: Event loop is closed``; everything else passes.
+    The library's own one-line reports (``error: ...``, ``stopped: ...``)
+    always pass at once, even while such a block is open, and a block still
+    open when the process ends (``discard_unfinished``) is dropped if it is
+    one of these tracebacks.
     """
+
+    OWN_LINES = ("error: ", "stopped: ")
+    CLOSED_LOOP = "RuntimeError: Event loop is closed"
+    CLOSED_LOOP_FRAMES = ("call_soon_threadsafe", "_check_closed")
 
     def __init__(self, stream):
         self._stream = stream
@@ -95,6 +103,9 @@ class _ClosedLoopFilter:
         return len(text)
 
     def _line(self, line: str) -> None:
+        if line.startswith(self.OWN_LINES):
+            self._stream.write(line)
+            return
         # Several threads may print at once, so their tracebacks interleave:
         # count the open ones and judge the whole block when all are closed.
         if line.startswith("Traceback (most recent call last)"):
@@ -107,8 +118,21 @@ class _ClosedLoopFilter:
         self._pending.append(line)
         if self._open == 0:
             block, self._pending = self._pending, []
-            finals = [x for x in block if not x.startswith((" ", "\t", "Traceback"))]
-            if not all(x.startswith("RuntimeError: Event loop is closed") for x in finals):
+            if not self._closed_loop_only(block):
+                self._stream.write("".join(block))
+
+    def _closed_loop_only(self, block: list[str]) -> bool:
+        finals = [x for x in block if not x.startswith((" ", "\t", "Traceback"))]
+        if finals:
+            return all(x.startswith(self.CLOSED_LOOP) for x in finals)
+        # Cut off before its last line: judge it by the frames it shows.
+        return any(frame in x for x in block for frame in self.CLOSED_LOOP_FRAMES)
+
+    def discard_unfinished(self) -> None:
+        """At exit: write a block still open unless it is a closed-loop traceback."""
+        with self._lock:
+            block, self._pending, self._open = self._pending, [], 0
+            if block and not self._closed_loop_only(block):
                 self._stream.write("".join(block))
 
     def flush(self) -> None:
@@ -175,6 +199,8 @@ def _exit(code: int) -> None:
     threads, which would print 'Event loop is closed' tracebacks during a
     normal interpreter shutdown; every save was already waited for."""
     sys.stdout.flush()
+    if isinstance(sys.stderr, _ClosedLoopFilter):
+        sys.stderr.discard_unfinished()
     sys.stderr.flush()
     os._exit(code)
 
