@@ -126,6 +126,17 @@ def _bisect_sorted(values: jax.Array, accept, lb: jax.Array, ub: jax.Array,
     return lb.astype(jnp.int32)
 
 
+def _oriented_float32(t: jax.Array, w: jax.Array, b: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(t, w, c)`` in float32 with ``c = <w, t> - b >= 0``: the hyperplane
+    oriented so that ``t`` is on its positive side (``w`` and ``c`` flipped
+    per row where it was not), as the L2 and L1 projections both start."""
+    t, w, b = (v.astype(jnp.float32) for v in (t, w, b))
+    c = jnp.sum(w * t, axis=1) - b
+    side = jnp.where(c >= 0, 1.0, -1.0)
+    return t, w * side[:, None], c * side
+
+
 def projection_l2(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """Minimal-L2 step ``d`` with ``<w, t + d> = b`` and ``t + d`` in [0, 1]^D.
 
@@ -139,12 +150,8 @@ def projection_l2(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     never move.
     """
     dtype = t.dtype
-    t, w, b = (v.astype(jnp.float32) for v in (t, w, b))
+    t, w, c = _oriented_float32(t, w, b)
     batch, dim = t.shape
-    c = jnp.sum(w * t, axis=1) - b
-    side = jnp.where(c >= 0, 1.0, -1.0)
-    w = w * side[:, None]
-    c = c * side
     # The reference uses < 1e-8 for the breakpoints and > 1e-8 for the mask.
     tiny = jnp.abs(w) < 1e-8
     keep = (jnp.abs(w) > 1e-8).astype(jnp.float32)
@@ -191,12 +198,8 @@ def projection_l1(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     coordinate to its bound does not reach the hyperplane get that corner.
     """
     dtype = t.dtype
-    t, w, b = (v.astype(jnp.float32) for v in (t, w, b))
+    t, w, c = _oriented_float32(t, w, b)
     batch, dim = t.shape
-    c = jnp.sum(w * t, axis=1) - b
-    side = jnp.where(c >= 0, 1.0, -1.0)
-    w = w * side[:, None]
-    c = c * side
     w_safe = jnp.where(w == 0, 1.0, w)
     r = jnp.where(w == 0, 1e12, jnp.minimum(jnp.abs(1.0 / w_safe), 1e12))
     order = jnp.argsort(r, axis=1)
