@@ -77,22 +77,6 @@ def load_small_cnn(weights_path: str):
     return params, logits_fn_of
 
 
-def _start(x, norm, eps, seed=0):
-    """A random start inside the threat model (as the CI test draws it)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    if norm == "linf":
-        u = rng.uniform(-1, 1, x.shape)
-        u /= np.abs(u).reshape(n, -1).max(1).reshape(-1, 1, 1, 1)
-    else:
-        u = rng.normal(size=x.shape)
-        u /= np.linalg.norm(u.reshape(n, -1), ord=2 if norm == "l2" else 1,
-                            axis=1).reshape(-1, 1, 1, 1)
-    return np.clip(x + eps * u, 0, 1).astype(np.float32)
-
-
 def _timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -111,7 +95,7 @@ def check_apgd(rc, model, params, logits_fn_of, x, y, norm, eps):
             kw.update(use_largereps=True,
                       noise=np.random.default_rng(1).normal(size=x.shape).astype(np.float32))
         else:
-            kw.update(x_init=_start(x, norm, eps))
+            kw.update(x_init=rc.start_in_ball(x, norm, eps))
         ref, t_ref = _timed(lambda: rc.reference_apgd_run(model, x, y, **kw))
         ours, t_ours = _timed(lambda: rc.jax_apgd_run(logits_fn_of, params, x, y, **kw))
         same = np.all(np.abs(ours["x_best"] - ref["x_best"]) < 1e-5, axis=(1, 2, 3))

@@ -190,6 +190,23 @@ def largereps_iters(num_iters: int) -> Tuple[int, ...]:
     return tuple(iters)
 
 
+def start_in_ball(x: np.ndarray, norm: str, eps: float, seed: int = 0) -> np.ndarray:
+    """A random start at distance ``eps`` from ``x`` in the attack's norm (L-inf:
+    a uniform draw rescaled to max-norm ``eps``; L2 / L1: a Gaussian draw
+    rescaled to that norm), clipped to [0, 1]: the ``x_init`` both sides of an
+    APGD comparison start from."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    if norm == "linf":
+        u = rng.uniform(-1, 1, x.shape)
+        u /= np.abs(u).reshape(n, -1).max(1).reshape(-1, 1, 1, 1)
+    else:
+        u = rng.normal(size=x.shape)
+        u /= np.linalg.norm(u.reshape(n, -1), ord=2 if norm == "l2" else 1,
+                            axis=1).reshape(-1, 1, 1, 1)
+    return np.clip(x + eps * u, 0, 1).astype(np.float32)
+
+
 def reference_apgd_run(model, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
                        loss: str, num_iters: int = 100, x_init: Optional[np.ndarray] = None,
                        target_rank: Optional[int] = None, use_largereps: bool = False,

@@ -60,20 +60,6 @@ def data():
     return tiny.make_cnn_data(1, N_CASCADE)
 
 
-def _start(x, norm, eps, seed=0):
-    """A random start inside the threat model (the reference's own forms)."""
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    if norm == "linf":
-        u = rng.uniform(-1, 1, x.shape)
-        u /= np.abs(u).reshape(n, -1).max(1).reshape(-1, 1, 1, 1)
-    else:
-        u = rng.normal(size=x.shape)
-        u /= np.linalg.norm(u.reshape(n, -1), ord=2 if norm == "l2" else 1,
-                            axis=1).reshape(-1, 1, 1, 1)
-    return np.clip(x + eps * u, 0, 1).astype(np.float32)
-
-
 def _assert_flags_agree(ours, reference, max_disagreements):
     agreement = rc.flag_agreement(ours, reference)
     assert agreement["n"] - agreement["agree"] <= max_disagreements, agreement
@@ -111,7 +97,7 @@ def test_apgd_run_from_the_same_start(norm, loss, largereps, params, torch_model
         kw.update(use_largereps=True, noise=np.random.default_rng(1).normal(
             size=x.shape).astype(np.float32))
     else:
-        kw.update(x_init=_start(x, norm, eps))
+        kw.update(x_init=rc.start_in_ball(x, norm, eps))
     ref = rc.reference_apgd_run(torch_model, x, y, **kw)
     ours = rc.jax_apgd_run(logits_fn_of, params, x, y, **kw)
     agreement = _assert_flags_agree(ours["acc"], ref["acc"],
